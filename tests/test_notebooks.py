@@ -1,0 +1,43 @@
+"""Notebooks are code: every chapter and exercise runs end to end (fast mode) and is committed clean."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from binlab.book import ROOT, execute_notebook, find_notebooks
+
+NOTEBOOKS = find_notebooks()
+
+
+def test_there_are_notebooks():
+    names = {p.name for p in NOTEBOOKS}
+    assert "01_bits_and_popcount.ipynb" in names
+    assert "01_popcount.ipynb" in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_notebook_is_stripped(path):
+    """No outputs, execution counts or widget state in git (one FigureWidget adds megabytes)."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    assert "widgets" not in nb.get("metadata", {}), f"{path} carries widget state: run `make strip`"
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path} cell {i} has outputs: run `make strip`"
+            assert cell.get("execution_count") is None, f"{path} cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_notebook_runs_in_fast_mode(path):
+    execute_notebook(path, fast=True, timeout=600)
+
+
+def test_notebooks_import_binlab_instead_of_copying():
+    """d2l's rule: the book calls the library; a chapter defines no long functions of its own."""
+    for path in NOTEBOOKS:
+        if path.parent.name != "book":
+            continue
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        assert "binlab" in src, f"{path} does not use binlab"
