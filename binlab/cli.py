@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "bench": ("binlab.bench", "time binlab's bitwise kernels against torch on BERT shapes"),
     "grade": ("binlab.grader.cli", "grade an exercise notebook"),
     "book": ("binlab.book", "execute every notebook headless and write HTML"),
+    "train": ("binlab.train_cli", "fine-tune a (binarized) BERT on a GLUE task"),
 }
 
 

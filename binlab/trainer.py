@@ -1,0 +1,342 @@
+"""Fine-tuning and evaluation loop with checkpoints that survive interruption.
+
+One loop for every chapter: full-precision teachers, quantized students and (through ``loss_fn``)
+distillation. What it guarantees:
+
+* **Nothing lost on interruption.** Every ``save_every`` steps (and at every evaluation) the model,
+  the optimizer and schedule state, the RNG state and the position in the data are written to a new
+  ``step-N/`` folder; only then is the ``latest`` pointer replaced (atomically, ``os.replace``). A run
+  killed at any moment resumes from the last complete checkpoint with ``resume=True`` and ends with the
+  same weights as a run that was never interrupted (same seed): the data order is a function of
+  (seed, epoch), and dropout draws from the restored RNG.
+* **No pickle.** Tensors go to safetensors, everything else to JSON.
+* **Honest numbers.** The dev set is evaluated every ``eval_every`` steps; the results JSON reports the
+  best dev score (what the papers report, methods.md §1) *and* the final one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from binlab.optim import clip_gradients, make_optimizer, make_schedule
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-5
+    epochs: float = 3.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_length: int = 128
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    clip_lr: float = 1e-4
+    optimizer: str = "adamw"          # "adamw" | "bertadam" (the papers' BertAdam, methods.md §1)
+    grad_clip: float = 1.0
+    eval_every: int = 200             # steps; 0 = only at the end of each epoch
+    save_every: int = 200             # steps; checkpoints are also written at every evaluation
+    keep_checkpoints: int = 1
+    seed: int = 42
+    max_steps: int = 0                # stop after this many steps (0 = run all epochs)
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("lr", "epochs", "batch_size", "eval_batch_size", "max_length"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup}")
+
+
+# ----------------------------------------------------------------------------- atomic file helpers
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                        metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    return load_file(str(path))
+
+
+# ----------------------------------------------------------------------------- optimizer state <-> safetensors
+
+def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    scalars: dict[str, dict] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for idx, d in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    best_metrics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def default_loss(model: nn.Module, batch: dict, num_labels: int) -> torch.Tensor:
+    """Cross-entropy for classification, MSE for regression (``num_labels == 1``)."""
+    out = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                token_type_ids=batch["token_type_ids"])
+    logits = out.logits
+    if num_labels == 1:
+        return nn.functional.mse_loss(logits.squeeze(-1), batch["labels"].float())
+    return nn.functional.cross_entropy(logits, batch["labels"].long())
+
+
+class Trainer:
+    """Train ``model`` on ``train`` (a GLUE split), evaluate on ``dev``, checkpoint into ``out_dir``.
+
+    ``encode(texts_a, texts_b, max_length) -> dict of tensors`` turns text into model inputs (the
+    tokenizer's ``encode_batch``). ``evaluate(model, dev) -> (score, metrics)`` scores the model; the
+    score is the task's selection metric. ``loss_fn(model, batch) -> loss`` defaults to CE / MSE and is
+    what distillation replaces.
+    """
+
+    def __init__(self, model: nn.Module, train, dev, encode: Callable, evaluate: Callable,
+                 out_dir: str | os.PathLike, config: TrainConfig, loss_fn: Callable | None = None,
+                 num_labels: int = 2, run_info: dict | None = None):
+        if len(train) == 0:
+            raise ValueError("the training split is empty")
+        self.model, self.train, self.dev = model, train, dev
+        self.encode, self.evaluate, self.cfg = encode, evaluate, config
+        self.num_labels = num_labels
+        self.loss_fn = loss_fn or (lambda m, b: default_loss(m, b, num_labels))
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.run_info = run_info or {}
+        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.total_steps = math.ceil(self.steps_per_epoch * config.epochs)
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.optimizer = make_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.clip_lr)
+        self.schedule = make_schedule(self.optimizer, self.total_steps, config.warmup)
+        self.state = TrainState()
+
+    # -- data order: a pure function of (seed, epoch), so a resumed run sees the same batches
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
+        return torch.randperm(len(self.train), generator=g)
+
+    def _batch(self, indices) -> dict:
+        idx = [int(i) for i in indices]
+        a = [self.train.texts_a[i] for i in idx]
+        b = [self.train.texts_b[i] for i in idx] if self.train.texts_b is not None else None
+        batch = dict(self.encode(a, b, self.cfg.max_length))
+        labels = [self.train.labels[i] for i in idx]
+        batch["labels"] = torch.tensor(labels, dtype=torch.float32 if self.num_labels == 1 else torch.long)
+        return batch
+
+    # -- checkpoints
+    def _ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        root = self._ckpt_root()
+        root.mkdir(exist_ok=True)
+        final = root / f"step-{self.state.step:07d}"
+        tmp = root / f".tmp-step-{self.state.step:07d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        atomic_save_tensors(self.model.state_dict(), tmp / "model.safetensors")
+        opt_tensors, opt_meta = _optimizer_to_flat(self.optimizer)
+        opt_tensors["rng.torch"] = torch.get_rng_state()
+        atomic_save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        sched = {k: v for k, v in self.schedule.state_dict().items() if k != "lr_lambdas"}
+        atomic_write_text(tmp / "trainer_state.json", json.dumps(
+            {"state": asdict(self.state), "optimizer": opt_meta, "schedule": sched,
+             "config": asdict(self.cfg), "total_steps": self.total_steps}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        atomic_write_text(root / "latest", final.name)
+        # keep only the newest few complete checkpoints
+        done = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for old in done[:-max(1, self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        """Restore the newest complete checkpoint; False if there is none."""
+        pointer = self._ckpt_root() / "latest"
+        if not pointer.is_file():
+            return False
+        ckpt = self._ckpt_root() / pointer.read_text().strip()
+        meta = json.loads((ckpt / "trainer_state.json").read_text())
+        if meta["config"].get("seed") != self.cfg.seed or meta["total_steps"] != self.total_steps:
+            raise ValueError(f"checkpoint {ckpt} was written by a run with another seed or length; "
+                             "use a new output directory or the same settings")
+        missing, unexpected = self.model.load_state_dict(load_tensors(ckpt / "model.safetensors"), strict=True), None
+        del missing, unexpected
+        opt_tensors = load_tensors(ckpt / "optimizer.safetensors")
+        torch.set_rng_state(opt_tensors.pop("rng.torch"))
+        self.optimizer.load_state_dict(_optimizer_from_flat(opt_tensors, meta["optimizer"]))
+        self.schedule.load_state_dict({**self.schedule.state_dict(), **meta["schedule"]})
+        self.state = TrainState(**meta["state"])
+        return True
+
+    def save_best(self) -> None:
+        """The best-dev model, as a state dict (the CLI also writes an HF-format copy)."""
+        atomic_save_tensors(self.model.state_dict(), self.out / "best_model.safetensors")
+
+    # -- evaluation
+    def _evaluate(self) -> dict:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            score, metrics = self.evaluate(self.model, self.dev)
+        self.model.train(was_training)
+        entry = {"step": self.state.step, "epoch": self.state.epoch, "score": score, **metrics}
+        self.state.history.append(entry)
+        if score > self.state.best_score:
+            self.state.best_score, self.state.best_step, self.state.best_metrics = score, self.state.step, metrics
+            self.save_best()
+        return entry
+
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if resume and self.load_checkpoint():
+            print(f"resumed from step {self.state.step} (epoch {self.state.epoch}, "
+                  f"batch {self.state.batch_in_epoch})", flush=True)
+        else:
+            torch.manual_seed(cfg.seed)
+        self.model.train()
+        t0 = time.perf_counter() - self.state.elapsed_s
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True)
+        last_loss = math.nan
+        while self.state.step < self.total_steps:
+            order = self._epoch_order(self.state.epoch)
+            starts = range(self.state.batch_in_epoch * cfg.batch_size, len(order), cfg.batch_size)
+            for start in starts:
+                if self.state.step >= self.total_steps:
+                    break
+                batch = self._batch(order[start:start + cfg.batch_size])
+                loss = self.loss_fn(self.model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {self.state.step}; "
+                                             "lower the learning rate or check the inputs")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip_gradients(self.model, self.optimizer, cfg.grad_clip)
+                self.optimizer.step()
+                self.schedule.step()
+                last_loss = loss.item()
+                self.state.step += 1
+                self.state.batch_in_epoch += 1
+                self.state.elapsed_s = time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", epoch=self.state.epoch)
+                evaluated = False
+                if cfg.eval_every and self.state.step % cfg.eval_every == 0:
+                    entry = self._evaluate()
+                    evaluated = True
+                    msg = (f"step {self.state.step}/{self.total_steps}: train loss {last_loss:.4f}, "
+                           f"dev {entry['score']:.4f} (best {self.state.best_score:.4f} @ {self.state.best_step}), "
+                           f"{self.state.elapsed_s:.0f} s")
+                    if bar is not None:
+                        bar.write(msg)
+                    else:
+                        print(msg, flush=True)
+                if evaluated or (cfg.save_every and self.state.step % cfg.save_every == 0):
+                    self.save_checkpoint()
+            else:
+                # the epoch ran to its end
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                if not cfg.eval_every:
+                    self._evaluate()
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        final = self._evaluate() if not self.state.history or self.state.history[-1]["step"] != self.state.step \
+            else self.state.history[-1]
+        self.state.elapsed_s = time.perf_counter() - t0
+        self.save_checkpoint()
+        results = {
+            **self.run_info,
+            "config": asdict(cfg),
+            "steps": self.state.step,
+            "wall_time_s": round(self.state.elapsed_s, 1),
+            "final_train_loss": last_loss,
+            "best": {"step": self.state.best_step, "score": self.state.best_score, **self.state.best_metrics},
+            "final": final,
+            "history": self.state.history,
+        }
+        atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
+        return results
