@@ -36,6 +36,7 @@ pytestmark = pytest.mark.ui
 # Notebooks to drive, in order; later chapters are added here.
 NOTEBOOKS = [
     "book/01_bits_and_popcount.ipynb",
+    "book/02_quantizers_and_ste.ipynb",
 ]
 if os.environ.get("BINLAB_UI_NOTEBOOKS"):
     NOTEBOOKS = [p for p in os.environ["BINLAB_UI_NOTEBOOKS"].split(os.pathsep) if p]
