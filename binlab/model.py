@@ -72,6 +72,7 @@ class BertConfig:
     attention_probs_dropout_prob: float = 0.1
     num_labels: int = 2
     initializer_range: float = 0.02
+    attention_head_size: int | None = None  # None: hidden_size // num_attention_heads; set by width pruning
     quant: QuantConfig = field(default_factory=QuantConfig)
 
     def __post_init__(self):
@@ -80,7 +81,12 @@ class BertConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
+        if self.attention_head_size is not None:
+            if isinstance(self.attention_head_size, bool) or not isinstance(self.attention_head_size, int) \
+                    or self.attention_head_size < 1:
+                raise ValueError(f"BertConfig.attention_head_size must be a positive int or None, "
+                                 f"got {self.attention_head_size!r}")
+        elif self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                              f"({self.num_attention_heads})")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
@@ -93,7 +99,12 @@ class BertConfig:
 
     @property
     def head_size(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.attention_head_size or self.hidden_size // self.num_attention_heads
+
+    @property
+    def attention_size(self) -> int:
+        """Width of Q, K, V and the context: num_heads * head_size (hidden_size unless heads were pruned)."""
+        return self.num_attention_heads * self.head_size
 
     # Hugging Face config.json <-> BertConfig. binlab adds two keys that transformers ignores:
     # "num_labels" and "binlab_quant" (the QuantConfig as a dict).
@@ -132,6 +143,8 @@ class BertConfig:
     def to_hf_dict(self) -> dict:
         """A ``config.json`` dict that transformers' ``BertConfig`` also reads (quantization is ignored there)."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "quant"}
+        if self.attention_head_size is None:  # the default: transformers derives it from hidden_size
+            del d["attention_head_size"]
         d.update(model_type="bert", architectures=["BertForSequenceClassification"], hidden_act=self.quant.ffn_act,
                  position_embedding_type="absolute", pad_token_id=0,
                  id2label={str(i): f"LABEL_{i}" for i in range(self.num_labels)},
@@ -184,12 +197,12 @@ class BertSelfAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         q = config.quant
-        D = config.hidden_size
+        D, A = config.hidden_size, config.attention_size  # A = D unless heads were pruned
         self.num_heads, self.head_size = config.num_attention_heads, config.head_size
         self.mode = q.attention
-        self.query = QuantLinear(D, D, config=q)  # [Q] weight and input quantized inside
-        self.key = QuantLinear(D, D, config=q)
-        self.value = QuantLinear(D, D, config=q)
+        self.query = QuantLinear(D, A, config=q)  # [Q] weight and input quantized inside
+        self.key = QuantLinear(D, A, config=q)
+        self.value = QuantLinear(D, A, config=q)
         # Activation quantizers for what the attention multiplies: Identity at 32 bits, or when
         # quant.quantize_attention is False (BiT's --not_quantize_attention).
         aq = q if q.quantize_attention else QuantConfig()
@@ -220,7 +233,7 @@ class BertSelfAttention(nn.Module):
             probs = self.dropout(F.softmax(scores, dim=-1))
             probs = self.probs_quant(probs)  # [Q] unsigned: uniform/LSQ levels, or {0, alpha} for BiT
         ctx = probs @ v  # (B, H, L, d)   for "bool": {0,1} @ {-1,+1}, an integer per entry, no 1/k normalization
-        ctx = ctx.transpose(1, 2).reshape(B, L, D)  # concatenate the heads
+        ctx = ctx.transpose(1, 2).reshape(B, L, self.num_heads * self.head_size)  # concatenate the heads
         return ctx, scores, qkv
 
 
@@ -229,7 +242,7 @@ class BertAttentionOutput(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = QuantLinear(config.hidden_size, config.hidden_size, config=config.quant)  # [Q]
+        self.dense = QuantLinear(config.attention_size, config.hidden_size, config=config.quant)  # [Q]
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 

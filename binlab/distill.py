@@ -1,0 +1,235 @@
+"""Knowledge-distillation losses of BinaryBERT, BiT and BiBERT, and an adapter for the Trainer.
+
+Notation: z the logits (B, C), A^l the pre-softmax attention scores of layer l (B, H, L, L, the mask added),
+H^l the hidden states (l = 0 is the embedding output, so 13 of them for BERT-base), Q^l, K^l, V^l the full-
+precision projections (B, H, L, d). Subscripts s (student) and t (teacher). Formulas follow the authors' code
+(methods.md §1, §2.6, §3.4, §4.4)::
+
+    soft CE           SCE(z_s, z_t) = mean_{b, c} ( -softmax(z_t / T)_bc * log_softmax(z_s / T)_bc )
+    BinaryBERT 1      L = sum_l MSE(A_s^l, A_t^l)  +  sum_{l=0..N} MSE(H_s^l, H_t^l)    (masked scores set to 0)
+    BinaryBERT 2      L = SCE(z_s, z_t)                        (regression: MSE(z_s, z_t))
+    BiT               L = SCE(z_s, z_t) + sum_{l=0..N} MSE(H_s^l, H_t^l)               (one joint stage)
+    BiBERT (DMD)      L = L_pred + sum_l sum_{F in Q,K,V} D(F_s F_s^T / sqrt d, F_t F_t^T / sqrt d)
+                             + sum_{l=0..N} D(H_s^l, H_t^l),
+                      D(S, T) = || S / ||S||_F - T / ||T||_F ||_F,
+                      L_pred = SCE(z_s, z_t) + 0.5 CE(z_s, y)  (regression: MSE(z_s, z_t))
+
+**Regression (STS-B, one logit).** The soft CE of a single logit is identically 0 (log_softmax of one number is
+0), so BinaryBERT's stage 2 and BiT give STS-B no logit signal at all (methods.md §1, §5). binlab uses MSE on
+the logits for ``num_labels == 1`` by default, as BiBERT (and TernaryBERT) do; ``regression_loss="soft_ce"``
+reproduces the authors' zero.
+
+:func:`make_kd_loss` wraps any of them as ``loss_fn(model, batch)`` for :class:`binlab.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "soft_cross_entropy", "prediction_loss", "attention_score_mse", "hidden_state_mse",
+    "similarity_matrix", "direction_distance", "direction_matching_loss",
+    "binarybert_stage1_loss", "binarybert_stage2_loss", "bit_loss", "bibert_loss",
+    "KD_KINDS", "make_kd_loss",
+]
+
+#: scores at or below this are masked positions (the mask adds -10000); BinaryBERT's code zeroes them
+MASKED_SCORE = -100.0
+REGRESSION_LOSSES = ("mse", "soft_ce")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the pieces
+
+
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    r"""Soft cross-entropy, exactly as the authors' ``soft_cross_entropy``::
+
+        SCE(z_s, z_t) = mean over batch AND classes of  -softmax(z_t / T) * log_softmax(z_s / T)
+
+    The mean over the C classes makes it CE / C (the usual soft CE averaged over the batch, divided by C).
+    With one logit (regression) it is exactly 0 for any input: log_softmax of one number is 0.
+    """
+    t = F.softmax(teacher_logits / temperature, dim=-1)
+    return (-t * F.log_softmax(student_logits / temperature, dim=-1)).mean()
+
+
+def prediction_loss(student_logits: Tensor, teacher_logits: Tensor, regression: bool,
+                    regression_loss: str = "mse", temperature: float = 1.0) -> Tensor:
+    """Logit distillation: :func:`soft_cross_entropy` for classification; for regression MSE(z_s, z_t)
+    (``regression_loss="mse"``) or the authors' soft CE, identically 0 (``"soft_ce"``)."""
+    if regression_loss not in REGRESSION_LOSSES:
+        raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")
+    if regression and regression_loss == "mse":
+        return F.mse_loss(student_logits, teacher_logits)
+    return soft_cross_entropy(student_logits, teacher_logits, temperature)
+
+
+def _check_pairs(what: str, student: Sequence[Tensor] | None, teacher: Sequence[Tensor] | None) -> None:
+    if student is None or teacher is None:
+        raise ValueError(f"{what}: the model outputs have no {what}; call the model with the matching output_* flag")
+    if len(student) != len(teacher):
+        raise ValueError(f"{what}: the student has {len(student)} and the teacher {len(teacher)}; "
+                         "distillation pairs layer l with layer l, so both need the same number of layers")
+    for l, (s, t) in enumerate(zip(student, teacher)):
+        if s.shape != t.shape:
+            raise ValueError(f"{what}: layer {l} has shape {tuple(s.shape)} in the student and {tuple(t.shape)} in "
+                             "the teacher (BinaryBERT needs equal head counts: a half-width student needs a "
+                             "half-width teacher, methods.md §2.1)")
+
+
+def attention_score_mse(student_scores: Sequence[Tensor], teacher_scores: Sequence[Tensor]) -> Tensor:
+    """sum_l MSE(A_s^l, A_t^l) over the pre-softmax scores, entries <= -100 (masked keys) set to 0 in each.
+
+    Without the zeroing the -10000 of the mask would dominate whenever student and teacher differ there.
+    """
+    _check_pairs("attention_scores", student_scores, teacher_scores)
+    loss = 0.0
+    for s, t in zip(student_scores, teacher_scores):
+        s = torch.where(s <= MASKED_SCORE, torch.zeros_like(s), s)
+        t = torch.where(t <= MASKED_SCORE, torch.zeros_like(t), t)
+        loss = loss + F.mse_loss(s, t)
+    return loss
+
+
+def hidden_state_mse(student_hidden: Sequence[Tensor], teacher_hidden: Sequence[Tensor]) -> Tensor:
+    """sum_{l=0..N} MSE(H_s^l, H_t^l): the embedding output and every layer's output, unweighted."""
+    _check_pairs("hidden_states", student_hidden, teacher_hidden)
+    return sum(F.mse_loss(s, t) for s, t in zip(student_hidden, teacher_hidden))
+
+
+def similarity_matrix(f: Tensor) -> Tensor:
+    """F F^T / sqrt(d) for F of shape (B, H, L, d): the (B, H, L, L) token-similarity matrix of BiBERT's DMD."""
+    return f @ f.transpose(-1, -2) / math.sqrt(f.shape[-1])
+
+
+def direction_distance(s: Tensor, t: Tensor) -> Tensor:
+    """D(S, T) = || S / ||S||_F - T / ||T||_F ||_F, each norm over the WHOLE tensor (the batch included).
+
+    Not squared, and one normalisation for the batch, as BiBERT's ``att_loss_r2b``. Scale-free: D(cS, T) =
+    D(S, T) for c > 0, so only the direction of S is matched.
+    """
+    if s.shape != t.shape:
+        raise ValueError(f"direction_distance: shapes differ, {tuple(s.shape)} vs {tuple(t.shape)}")
+    return torch.linalg.vector_norm(s / torch.linalg.vector_norm(s) - t / torch.linalg.vector_norm(t))
+
+
+def direction_matching_loss(student_qkv, teacher_qkv, student_hidden, teacher_hidden) -> Tensor:
+    """BiBERT's DMD: sum_l sum_{F in Q,K,V} D(sim(F_s^l), sim(F_t^l)) + sum_{l=0..N} D(H_s^l, H_t^l).
+
+    ``*_qkv``: per layer the FP (Q, K, V), as the model returns with ``output_qkv=True``. Padded tokens are
+    not masked (as in the code).
+    """
+    if student_qkv is None or teacher_qkv is None:
+        raise ValueError("qkv: the model outputs have no qkv; call the model with output_qkv=True")
+    _check_pairs("qkv", [torch.stack(x) for x in student_qkv], [torch.stack(x) for x in teacher_qkv])
+    loss = 0.0
+    for fs_layer, ft_layer in zip(student_qkv, teacher_qkv):
+        for f_s, f_t in zip(fs_layer, ft_layer):  # Q, K, V
+            loss = loss + direction_distance(similarity_matrix(f_s), similarity_matrix(f_t))
+    _check_pairs("hidden_states", student_hidden, teacher_hidden)
+    for h_s, h_t in zip(student_hidden, teacher_hidden):
+        loss = loss + direction_distance(h_s, h_t)
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the three methods' losses (student / teacher are binlab ModelOutputs)
+
+
+def binarybert_stage1_loss(student, teacher) -> Tensor:
+    """BinaryBERT stage 1: sum_l MSE(A_s^l, A_t^l) + sum_{l=0..N} MSE(H_s^l, H_t^l)."""
+    return (attention_score_mse(student.attention_scores, teacher.attention_scores)
+            + hidden_state_mse(student.hidden_states, teacher.hidden_states))
+
+
+def binarybert_stage2_loss(student, teacher, regression: bool = False, regression_loss: str = "mse",
+                           temperature: float = 1.0) -> Tensor:
+    """BinaryBERT stage 2: SCE(z_s, z_t); MSE(z_s, z_t) for regression (see the module docstring)."""
+    return prediction_loss(student.logits, teacher.logits, regression, regression_loss, temperature)
+
+
+def bit_loss(student, teacher, regression: bool = False, regression_loss: str = "mse",
+             temperature: float = 1.0) -> Tensor:
+    """BiT: SCE(z_s, z_t) + sum_{l=0..N} MSE(H_s^l, H_t^l), one joint stage, no attention term."""
+    return (prediction_loss(student.logits, teacher.logits, regression, regression_loss, temperature)
+            + hidden_state_mse(student.hidden_states, teacher.hidden_states))
+
+
+def bibert_loss(student, teacher, labels: Tensor | None = None, regression: bool = False,
+                temperature: float = 1.0) -> Tensor:
+    """BiBERT: L_pred + DMD, L_pred = SCE(z_s, z_t) + 0.5 CE(z_s, y) (classification) or MSE(z_s, z_t)."""
+    dmd = direction_matching_loss(student.qkv, teacher.qkv, student.hidden_states, teacher.hidden_states)
+    if regression:
+        return F.mse_loss(student.logits, teacher.logits) + dmd
+    if labels is None:
+        raise ValueError("bibert_loss: classification needs the labels (its loss has 0.5 * CE(z_s, y))")
+    pred = soft_cross_entropy(student.logits, teacher.logits, temperature) \
+        + 0.5 * F.cross_entropy(student.logits, labels.long())
+    return pred + dmd
+
+
+# ----------------------------------------------------------------------------------------------------------
+# adapter for the Trainer
+
+#: kind -> (outputs it needs, teacher mode of the authors' code)
+KD_KINDS = {
+    "binarybert_stage1": (dict(output_hidden_states=True, output_attentions=True), "train"),
+    "binarybert_stage2": ({}, "train"),
+    "bit": (dict(output_hidden_states=True), "train"),
+    "bibert": (dict(output_hidden_states=True, output_qkv=True), "eval"),
+}
+
+
+def make_kd_loss(kind: str, teacher: nn.Module, num_labels: int | None = None, teacher_mode: str | None = None,
+                 regression_loss: str = "mse", temperature: float = 1.0) -> Callable:
+    """A ``loss_fn(model, batch) -> loss`` for :class:`binlab.trainer.Trainer` that distils ``teacher``.
+
+    Args:
+        kind: ``"binarybert_stage1"``, ``"binarybert_stage2"``, ``"bit"`` or ``"bibert"`` (:data:`KD_KINDS`).
+        teacher: a model returning binlab ``ModelOutput``s; it runs under ``torch.no_grad()`` and is not trained.
+        num_labels: 1 means regression; default ``teacher.config.num_labels``.
+        teacher_mode: ``"train"`` (dropout on while producing targets: BinaryBERT's and BiT's code) or
+            ``"eval"`` (BiBERT's code). Default: what the method's code does (see :data:`KD_KINDS`).
+        regression_loss: ``"mse"`` or ``"soft_ce"`` (the authors' identically-zero loss), for
+            ``binarybert_stage2`` and ``bit`` when ``num_labels == 1``.
+        temperature: T of the soft CE (1 in all three codes).
+
+    ``batch`` holds ``input_ids``, ``attention_mask``, ``token_type_ids`` and (for ``bibert``) ``labels``.
+    """
+    if kind not in KD_KINDS:
+        raise ValueError(f"unknown distillation kind {kind!r}; choose one of {', '.join(KD_KINDS)}")
+    outputs, default_mode = KD_KINDS[kind]
+    teacher_mode = teacher_mode or default_mode
+    if teacher_mode not in ("train", "eval"):
+        raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
+    if regression_loss not in REGRESSION_LOSSES:
+        raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")
+    if num_labels is None:
+        num_labels = teacher.config.num_labels
+    regression = num_labels == 1
+
+    def run(model, batch):
+        return model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                     token_type_ids=batch.get("token_type_ids"), **outputs)
+
+    def loss_fn(model: nn.Module, batch: dict) -> Tensor:
+        teacher.train(teacher_mode == "train")
+        with torch.no_grad():
+            t = run(teacher, batch)
+        s = run(model, batch)
+        if kind == "binarybert_stage1":
+            return binarybert_stage1_loss(s, t)
+        if kind == "binarybert_stage2":
+            return binarybert_stage2_loss(s, t, regression, regression_loss, temperature)
+        if kind == "bit":
+            return bit_loss(s, t, regression, regression_loss, temperature)
+        return bibert_loss(s, t, batch.get("labels"), regression, temperature)
+
+    loss_fn.kind, loss_fn.teacher_mode = kind, teacher_mode
+    return loss_fn
