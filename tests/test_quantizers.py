@@ -586,3 +586,13 @@ def test_bad_arguments_raise_clear_errors():
         Q.bwn(torch.ones(2, 2), per_row=True, centering="bibert", mean=torch.tensor(0.0))
     with pytest.raises(ValueError, match="twn: got an empty tensor"):
         Q.twn(torch.ones(0, 3))
+
+
+def test_finite_checks_can_be_switched_off_and_come_back():
+    x = torch.tensor([0.5, float("nan")])
+    with pytest.raises(ValueError, match="NaN"):
+        Q.ste_sign(x)
+    with Q.finite_checks(False):
+        Q.ste_sign(x)  # no error: the caller promised finite inputs
+    with pytest.raises(ValueError, match="NaN"):
+        Q.ste_sign(x)

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.ui
 NOTEBOOKS = [
     "book/01_bits_and_popcount.ipynb",
     "book/02_quantizers_and_ste.ipynb",
+    "book/03_loss_landscapes.ipynb",
 ]
 if os.environ.get("BINLAB_UI_NOTEBOOKS"):
     NOTEBOOKS = [p for p in os.environ["BINLAB_UI_NOTEBOOKS"].split(os.pathsep) if p]
