@@ -43,6 +43,8 @@ def execute_notebook(path: str | os.PathLike, fast: bool = True, timeout: int = 
     env = dict(os.environ, BINLAB_FAST="1" if fast else "0", PYTHONUNBUFFERED="1")
     env.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    if store_widget_state:  # rendering to HTML: static plotly figures must carry plotly.js, not only their JSON
+        env.setdefault("PLOTLY_RENDERER", "plotly_mimetype+notebook")
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
                             store_widget_state=store_widget_state)
