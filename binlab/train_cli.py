@@ -1,10 +1,14 @@
 """``binlab train``: fine-tune a (binarized) BERT on a GLUE task.
 
     binlab train --task sst2 --glue-dir ../shared/data/glue --quant fp --epochs 1 --out runs/sst2-fp
+    binlab train --recipe binarybert --task sst2 --act-bits 8 --teacher runs/sst2-fp/best_model --out runs/sst2-bb
 
 Everything a run needs is in ``--out``: ``checkpoints/`` (resume with ``--resume`` after an
 interruption), ``best_model/`` (Hugging Face format, the best dev checkpoint), ``results.json`` (best and
 final dev numbers, wall time, the exact command).
+
+``--recipe binarybert`` chains several such runs (teacher, ternary student, split, binary student), one per
+subfolder of ``--out``: see :mod:`binlab.recipes`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--recipe", default=None, choices=["binarybert"],
+                   help="a multi-stage recipe instead of one run (binarybert: binlab.recipes)")
+    from binlab.recipes import add_arguments as recipe_arguments
+
+    recipe_arguments(p)
 
 
 def tiny_model(num_labels: int, quant, seed: int):
@@ -93,6 +102,10 @@ def run(args) -> int:
     from binlab.tokenizer import load_tokenizer
     from binlab.trainer import TrainConfig, Trainer, load_tensors
 
+    if getattr(args, "recipe", None) == "binarybert":
+        from binlab.recipes import run_from_args
+
+        return run_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     task = get_task(args.task)

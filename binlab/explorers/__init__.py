@@ -5,4 +5,6 @@ callback logic lives here, so the tests drive it from Python and the notebooks o
 
     bits    chapter 1: costs of BERT at FP32 and 1 bit, the XNOR-popcount explorer, packing, speed
     quant   chapter 2: quantizer transfer curves, weight histograms, the optimal binary scale, STE runs
+    splitting  chapter 4: ternary weight splitting step by step, the printed coefficient's error, landscapes
+               before and after splitting, split-then-fine-tune vs direct binarization on a tiny BERT
 """
