@@ -596,3 +596,20 @@ def test_finite_checks_can_be_switched_off_and_come_back():
         Q.ste_sign(x)  # no error: the caller promised finite inputs
     with pytest.raises(ValueError, match="NaN"):
         Q.ste_sign(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("closed", [True, False])
+def test_keep_inside_equals_the_boolean_mask_at_the_interval_ends(dtype, closed):
+    """The one-pass STE mask (hardtanh_backward with the ends moved one float) must treat values exactly at,
+    and one float beyond, the ends as the plain comparison does."""
+    from binlab.quantizers import _keep_inside
+
+    lo, hi = -1.0, 2.0
+    ends = torch.tensor([lo, hi], dtype=dtype)
+    near = torch.cat([ends, torch.nextafter(ends, ends + 1), torch.nextafter(ends, ends - 1)])
+    x = torch.cat([near, torch.randn(200, dtype=dtype) * 2, torch.tensor([0.0, -0.0], dtype=dtype)])
+    g = torch.randn_like(x)
+    mask = ((x >= lo) & (x <= hi)) if closed else ((x > lo) & (x < hi))
+    expected = torch.where(mask, g, torch.zeros_like(g))
+    assert torch.equal(_keep_inside(g, x, lo, hi, closed=closed), expected)
