@@ -457,7 +457,7 @@ class _UniformSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, lo, hi = ctx.saved_tensors
-        c_lo, c_hi = float(lo), float(hi)
+        c_lo, c_hi = float(lo.detach()), float(hi.detach())
         gx = _keep_inside(g, x, c_lo, c_hi, closed=False)  # straight through inside the clip, 0 outside
         glo = ghi = None
         if ctx.needs_input_grad[1]:  # sum of g where x <= c-
