@@ -119,6 +119,7 @@ def _pm1(x: Tensor) -> Tensor:
     return torch.sign(torch.sign(x) + 0.5)
 
 
+@functools.lru_cache(maxsize=256)  # called by every STE backward with the same few interval ends
 def _next_float(v: float, toward: float, dtype: torch.dtype) -> float:
     """The neighbour of ``v`` in ``dtype`` (float32 or float64) in the direction of ``toward``."""
     t = torch.tensor(v, dtype=dtype)
