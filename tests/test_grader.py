@@ -2,8 +2,8 @@
 the shipped stubs get zero, known mistakes lose points with the right diagnosis, and a learner's
 exception, infinite loop or crash costs one question, never the grader.
 
-Kernel runs (the slow part) are shared through module-scoped fixtures: the two shipped notebooks, one
-solved notebook and one notebook with a mix of right answers, an exception and an infinite loop.
+Kernel runs (the slow part): the shipped notebooks are graded once (a module-scoped fixture); each exercise
+is graded once solved; one notebook mixes right answers, an exception and an infinite loop.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.grader import cli, core, ex01_popcount, ex02_quantizers
+from binlab.grader import cli, core, ex01_popcount, ex02_quantizers, ex03_landscape, ex04_splitting
 
 ROOT = Path(__file__).resolve().parent.parent
-EXERCISES = {"01_popcount": ex01_popcount, "02_quantizers": ex02_quantizers}
+#: every shipped exercise; each test parametrized over it holds for all of them (tests/test_ex03.py and
+#: tests/test_ex04.py add what is particular to one exercise).
+EXERCISES = {"01_popcount": ex01_popcount, "02_quantizers": ex02_quantizers,
+             "03_landscape": ex03_landscape, "04_splitting": ex04_splitting}
 NOTEBOOKS = {name: ROOT / "exercises" / f"{name}.ipynb" for name in EXERCISES}
 
 
@@ -60,7 +63,9 @@ def stub_namespace(name: str) -> dict:
 
 # ----------------------------------------------------------------------------------- registry
 def test_exercises_are_found_by_module_name():
-    assert {"01_popcount", "02_quantizers"} <= set(core.exercise_names())
+    assert set(EXERCISES) <= set(core.exercise_names())
+    for name, module in EXERCISES.items():
+        assert core.load_exercise(name[:2]) is module.EXERCISE
     for key in ("01_popcount", "ex01_popcount", "01", "01_popcount.ipynb"):
         assert core.load_exercise(key) is ex01_popcount.EXERCISE
 
@@ -134,6 +139,8 @@ def test_missing_function_is_not_attempted(name):
 REQUIRED_MISTAKES = {
     "01_popcount": {"msb_first", "padding_garbage", "off_by_one_words", "sign_zero_negative", "popcount_only"},
     "02_quantizers": {"per_tensor_when_per_row", "no_clip", "mean_of_all", "wrong_constant"},
+    "03_landscape": {"no_restore", "mean_not_abs", "no_normalisation", "norm_not_rayleigh"},
+    "04_splitting": {"printed_a"},  # the paper's printed coefficient (J and K swapped), in q2 and q3
 }
 
 
@@ -252,6 +259,8 @@ def test_shipped_notebook_format(name):
         stub = [s for s in sources if f"def {q.func_name}(" in s or f"class {q.func_name}(" in s]
         assert len(stub) == 1 and f'NotImplementedError("{q.label}: {q.func_name}' in stub[0]
         assert f"{q.name}.check({q.func_name})" in sources
+        # the stub's docstring is the reference's: one formula, one place
+        assert q.reference.__doc__.strip().splitlines()[0] in stub[0]
 
 
 # --------------------------------------------------------------- notebooks graded end to end
@@ -277,19 +286,16 @@ def test_binlab_grade_on_shipped_notebook_reports_zero(name, stub_grades):
     assert result["notes"] == []  # the shipped notebook runs without a single error
 
 
-@pytest.fixture(scope="module")
-def solved_run(tmp_path_factory):
-    ex = ex02_quantizers.EXERCISE
-    nb = notebook_with("02_quantizers", {q.func_name: q.solution_source() for q in ex})
-    path = tmp_path_factory.mktemp("solved") / "my_quantizers.ipynb"  # the name does not matter
+@pytest.mark.parametrize("name", EXERCISES)
+def test_solved_notebook_gets_full_marks(name, tmp_path):
+    ex = EXERCISES[name].EXERCISE
+    nb = notebook_with(name, {q.func_name: q.solution_source() for q in ex})
+    path = tmp_path / "my_answers.ipynb"  # the name does not matter: the metadata says which exercise
     nbformat.write(nb, path)
-    return core.grade_notebook(path)
-
-
-def test_solved_notebook_gets_full_marks(solved_run):
-    assert solved_run.exercise == "02_quantizers"
-    assert solved_run.full_marks and solved_run.points == 12, solved_run.report()
-    assert "Total: 12/12" in solved_run.report() and solved_run.notes == []
+    result = core.grade_notebook(path)
+    assert result.exercise == name
+    assert result.full_marks and result.points == ex.max_points, result.report()
+    assert f"Total: {ex.max_points}/{ex.max_points}" in result.report() and result.notes == []
 
 
 MIXED = {
