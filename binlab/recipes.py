@@ -30,6 +30,9 @@ Activations (``act_bits``), per methods.md §2.3::
     1   1-bit elastic (BiT's alpha * sign / {0, alpha}), ReLU, softmax01  (BinaryBERT has no 1-bit setting of
         its own; BiBERT's re-run of it at 1 bit is not described: binlab uses BiT's activation binarizer)
 
+``ffn_act`` (``--ffn-act``) overrides the FFN activation of the setting, e.g. GELU at 4 bits for a backbone
+that does not survive the switch to ReLU.
+
 Every Trainer stage keeps its ``checkpoints/`` (``resume=True`` continues an interrupted stage and skips the
 finished ones, whose ``results.json`` exists), its ``best_model.safetensors`` and a Hugging Face format
 ``best_model/``, and its ``results.json``. ``summary.json`` and ``summary.md`` at the top of ``--out`` list
@@ -96,6 +99,9 @@ class BinaryBertConfig:
         teacher_mode: ``"train"`` (dropout on in the teacher, as BinaryBERT's code) or ``"eval"``; None = the
             method's default.
         max_steps: cap on the steps of each stage (0: none).
+        ffn_act: the student's FFN activation, ``"gelu"`` or ``"relu"``; None = the paper's for ``act_bits``
+            (GELU at 8 bits, ReLU at 4 and 1). A backbone pre-trained with GELU can lose most of its accuracy
+            when ReLU replaces it (docs/results.md: MiniLM on STS-B, 90.8 -> 12.3 before any training).
     """
 
     task: str
@@ -126,11 +132,14 @@ class BinaryBertConfig:
     seed: int = 42
     regression_loss: str = "mse"
     teacher_mode: str | None = None
+    ffn_act: str | None = None
     progress: bool = True
 
     def __post_init__(self):
         if self.act_bits not in ACT_BITS:
             raise ValueError(f"BinaryBERT recipe: act_bits must be one of {ACT_BITS}, got {self.act_bits!r}")
+        if self.ffn_act not in (None, "gelu", "relu"):
+            raise ValueError(f"BinaryBertConfig.ffn_act must be None, 'gelu' or 'relu', got {self.ffn_act!r}")
         if self.regression_loss not in REGRESSION_LOSSES:
             raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {self.regression_loss!r}")
         for name in ("ternary_lr", "binary_lr", "kd_epochs", "teacher_lr", "teacher_epochs"):
@@ -144,25 +153,28 @@ class BinaryBertConfig:
         return d
 
 
-def ternary_quant(act_bits: int) -> QuantConfig:
+def ternary_quant(act_bits: int, ffn_act: str | None = None) -> QuantConfig:
     """The ternary student's QuantConfig: TWN weights (per tensor; word embedding per row) and the activation
-    setting of ``act_bits`` (module docstring). 8 bits is the ``"w2a8"`` preset."""
+    setting of ``act_bits`` (module docstring). 8 bits is the ``"w2a8"`` preset. ``ffn_act`` replaces the
+    setting's FFN activation (None keeps it)."""
     w2a8 = QuantConfig.preset("w2a8")
     if act_bits == 8:
-        return w2a8
-    if act_bits == 4:
-        return replace(w2a8, act_bits=4, act_method="lsq", ffn_act="relu")
-    if act_bits == 1:
-        return replace(w2a8, act_bits=1, act_method="elastic", attention="softmax01", ffn_act="relu")
-    raise ValueError(f"BinaryBERT recipe: act_bits must be one of {ACT_BITS}, got {act_bits!r}")
+        quant = w2a8
+    elif act_bits == 4:
+        quant = replace(w2a8, act_bits=4, act_method="lsq", ffn_act="relu")
+    elif act_bits == 1:
+        quant = replace(w2a8, act_bits=1, act_method="elastic", attention="softmax01", ffn_act="relu")
+    else:
+        raise ValueError(f"BinaryBERT recipe: act_bits must be one of {ACT_BITS}, got {act_bits!r}")
+    return quant if ffn_act is None else replace(quant, ffn_act=ffn_act)
 
 
-def binary_quant(act_bits: int) -> QuantConfig:
+def binary_quant(act_bits: int, ffn_act: str | None = None) -> QuantConfig:
     """The binary model's QuantConfig: BWN weights, the same activations as :func:`ternary_quant` (what
     :func:`binlab.splitting.binary_quant_config` makes of the ternary one). 8 bits: ``"w1a8"``; 4: ``"w1a4"``."""
     from binlab.splitting import binary_quant_config
 
-    return binary_quant_config(ternary_quant(act_bits))
+    return binary_quant_config(ternary_quant(act_bits, ffn_act))
 
 
 def stage_names(split: bool = True) -> list[str]:
@@ -428,12 +440,12 @@ def run_binarybert(cfg: BinaryBertConfig, resume: bool = False, command: str | N
         p.requires_grad_(False)
 
     if cfg.split:
-        student = load_pretrained(run.teacher_dir, quant=ternary_quant(cfg.act_bits), verbose=False)
+        student = load_pretrained(run.teacher_dir, quant=ternary_quant(cfg.act_bits, cfg.ffn_act), verbose=False)
         r2 = _kd_pair(run, teacher, student, "ternary", cfg.ternary_lr, "the teacher's weights, ternary (TWN)")
         binary = _split_stage(run, student, r2)
         init = "the split model"
     else:
-        binary = load_pretrained(run.teacher_dir, quant=binary_quant(cfg.act_bits), verbose=False)
+        binary = load_pretrained(run.teacher_dir, quant=binary_quant(cfg.act_bits, cfg.ffn_act), verbose=False)
         _kd_pair(run, teacher, binary, "direct", cfg.ternary_lr, "the teacher's weights, binary (BWN)")
         init = "best direct_stage2"
     _kd_pair(run, teacher, binary, "binary", cfg.binary_lr, init)
@@ -508,6 +520,8 @@ def add_arguments(p) -> None:
     g.add_argument("--kd-epochs", type=float, default=2.0, help="epochs of each distillation stage")
     g.add_argument("--regression-loss", default="mse", choices=REGRESSION_LOSSES,
                    help="stage 2 on one logit (STS-B): mse, or the authors' soft_ce (identically 0)")
+    g.add_argument("--ffn-act", default=None, choices=("gelu", "relu"), help="the student's FFN activation "
+                   "(default: the paper's, GELU at 8 activation bits, ReLU at 4 and 1)")
 
 
 def run_from_args(args) -> int:
@@ -526,7 +540,7 @@ def run_from_args(args) -> int:
         teacher_lr=args.lr, teacher_epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
         optimizer=args.optimizer, warmup=args.warmup, weight_decay=args.weight_decay, clip_lr=args.clip_lr,
         eval_every=args.eval_every, save_every=args.save_every, max_steps=args.max_steps, seed=args.seed,
-        regression_loss=args.regression_loss, progress=not args.no_progress)
+        regression_loss=args.regression_loss, ffn_act=args.ffn_act, progress=not args.no_progress)
     command = ("binlab train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
                if sys.argv[1:2] == ["train"] else None)
     run_binarybert(cfg, resume=args.resume, command=command)

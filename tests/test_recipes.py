@@ -4,6 +4,7 @@ baseline gets the same budget, regression gets a logit signal, and runs resume."
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from binlab import train_cli
 from binlab.qconfig import QuantConfig
 from binlab.recipes import (BinaryBertConfig, binary_quant, load_stage_model, read_summary, run_binarybert,
                             stage_names, ternary_quant)
@@ -65,6 +67,19 @@ def test_quantization_per_activation_width():
             ternary_quant(bad)
         with pytest.raises(ValueError, match="act_bits"):
             BinaryBertConfig(task="sst2", out="x", act_bits=bad)
+
+
+def test_ffn_activation_can_be_overridden():
+    assert ternary_quant(4).ffn_act == "relu" and ternary_quant(8).ffn_act == "gelu"
+    t, b = ternary_quant(4, "gelu"), binary_quant(4, "gelu")
+    assert t == replace(ternary_quant(4), ffn_act="gelu") and b == replace(QuantConfig.preset("w1a4"), ffn_act="gelu")
+    assert ternary_quant(8, "relu").ffn_act == "relu"
+    with pytest.raises(ValueError, match="ffn_act"):
+        BinaryBertConfig(task="sst2", out="x", ffn_act="tanh")
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    assert parser.parse_args(["--task", "stsb", "--out", "x", "--recipe", "binarybert", "--act-bits", "4",
+                              "--ffn-act", "gelu"]).ffn_act == "gelu"
 
 
 def test_every_stage_runs_and_writes_its_results(split_run):
