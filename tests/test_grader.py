@@ -463,3 +463,19 @@ def test_interrupting_a_check_kills_the_child(monkeypatch):
     assert len(pids) == 1
     with pytest.raises(ChildProcessError):  # killed and already reaped by run_isolated
         os.waitpid(pids[0], os.WNOHANG)
+
+
+def test_shared_check_helpers():
+    from binlab.grader import checks
+
+    assert checks.show(torch.tensor([-0.0, 1.5, 2.0])) == "[0, 1.5, 2]"
+    assert checks.show(torch.arange(8.0), n=2) == "[0, 1, ...]"
+    assert checks.one_number(torch.tensor([2.5]), "f", "x") == 2.5 and checks.one_number(3, "f", "x") == 3.0
+    with pytest.raises(core.CheckFailed, match="f returned None on x: did you forget the return"):
+        checks.one_number(None, "f", "x")
+    with pytest.raises(core.CheckFailed, match=r"f returned 2 numbers \(shape \(2,\)\) on x; expected the eigenvalue"):
+        checks.one_number(torch.ones(2), "f", "x", "the eigenvalue")
+    with pytest.raises(core.CheckFailed, match="f returned a str on x; expected one number"):
+        checks.one_number("many", "f", "x")
+    assert torch.equal(checks.randn(3, 2, 2), checks.randn(3, 2, 2)) and checks.randn(3, 2, dtype=torch.float64).dtype == torch.float64
+    assert checks.close(torch.tensor([1.0]), torch.tensor([1.0 + 1e-7])) and not checks.close(torch.ones(2), torch.ones(3))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from binlab.grader.checks import close, generator, one_number, randn, show
 from binlab.grader.core import Check, CheckFailed, Exercise, Mistake, NotAttempted, Question, call, describe_error
 
 __all__ = ["q1", "q2", "q3", "q4", "EXERCISE", "MISTAKES",
@@ -94,18 +95,10 @@ class ClippedSignSTE(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------ check helpers
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
-def _randn(seed, *shape):
-    return torch.randn(*shape, generator=_gen(seed))
 
 
-def _fmt(t, n=6, digits=4):
-    t = torch.as_tensor(t).detach().flatten() + 0.0  # + 0.0 turns -0.0 into 0.0
-    more = ", ...]" if t.numel() > n else "]"
-    return "[" + ", ".join(f"{v:.{digits}g}" for v in t[:n].tolist()) + more
 
 
 def _as_tensor(got, what, on, like):
@@ -125,8 +118,6 @@ def _as_tensor(got, what, on, like):
     return got.to(like.dtype)
 
 
-def _close(a, b):
-    return a.shape == b.shape and torch.allclose(a.to(torch.float64), b.to(torch.float64), rtol=1e-4, atol=1e-6)
 
 
 def _sign(W):
@@ -140,7 +131,7 @@ def _check_bwn(fn, W, per_row):
     if not torch.equal(W_in, W):
         raise CheckFailed(f"bwn changed its input W in place (on {on}); compute on W.abs(), not W.abs_().")
     expected = bwn(W, per_row)
-    if _close(got, expected):
+    if close(got, expected):
         return
     i = int((~torch.isclose(got, expected, rtol=1e-4, atol=1e-6)).flatten().nonzero()[0])
     idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), W.shape))
@@ -148,19 +139,19 @@ def _check_bwn(fn, W, per_row):
            f"got {got[idx].item():.5g}.")
     absW = W.abs()
     has_zeros = bool((W == 0).any())
-    if has_zeros and (_close(got, absW.mean() * torch.sign(W))
-                      or _close(got, absW.mean(dim=-1, keepdim=True) * torch.sign(W))):
+    if has_zeros and (close(got, absW.mean() * torch.sign(W))
+                      or close(got, absW.mean(dim=-1, keepdim=True) * torch.sign(W))):
         msg += (" Your zeros stay 0: torch.sign(0) = 0, but binlab's sign(0) = +1 (a binary tensor has two"
                 " values). Use torch.where(W >= 0, 1.0, -1.0).")
-    elif per_row and _close(got, absW.mean() * _sign(W)):
+    elif per_row and close(got, absW.mean() * _sign(W)):
         msg += (" You used one scale for the whole tensor; per_row=True asks for one alpha per output row:"
                 " W.abs().mean(dim=1, keepdim=True).")
-    elif W.dim() == 2 and _close(got, absW.mean(dim=0, keepdim=True) * _sign(W)):
+    elif W.dim() == 2 and close(got, absW.mean(dim=0, keepdim=True) * _sign(W)):
         msg += (" You averaged over dim=0 (one scale per column); a weight is [out_features, in_features],"
                 " and an output row is W[r, :]: average over dim=1.")
-    elif _close(got, _sign(W)):
+    elif close(got, _sign(W)):
         msg += " This is sign(W) without the scale alpha = mean|W|."
-    elif not per_row and _close(got, W.mean().abs() * _sign(W)):
+    elif not per_row and close(got, W.mean().abs() * _sign(W)):
         msg += " alpha is the mean of |W|, not |mean(W)|: take the absolute value first."
     else:
         scale = got.abs().flatten()[i].item()
@@ -169,23 +160,12 @@ def _check_bwn(fn, W, per_row):
     raise CheckFailed(msg)
 
 
-def _number(got, what, on):
-    if got is None:
-        raise CheckFailed(f"{what} returned None on {on}: did you forget the return statement?")
-    try:
-        t = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got, dtype=torch.float64)
-    except Exception:  # noqa: BLE001
-        raise CheckFailed(f"{what} returned a {type(got).__name__} on {on}; expected one number.") from None
-    if t.numel() != 1:
-        raise CheckFailed(f"{what} returned {t.numel()} numbers (shape {tuple(t.shape)}) on {on}; "
-                          "expected one number for the whole tensor.")
-    return float(t.reshape(()))
 
 
 def _check_threshold(fn, W):
     on = f"W of shape {tuple(W.shape)}"
     W_in = W.clone()
-    got = _number(call(fn, W_in, on=on), "twn_threshold", on)
+    got = one_number(call(fn, W_in, on=on), "twn_threshold", on, "one number for the whole tensor")
     if not torch.equal(W_in, W):
         raise CheckFailed(f"twn_threshold changed its input W in place (on {on}).")
     mean_abs = W.abs().mean().item()
@@ -224,7 +204,7 @@ def _check_twn(fn, W, values: bool):
                 f" of the weights nonzero, TWN keeps {(want != 0).float().mean().item():.0%}"
                 " (is the threshold right?).")
         raise CheckFailed(msg)
-    if _close(got, expected):
+    if close(got, expected):
         return
     nz = expected != 0
     alpha = expected[nz].abs()[0].item()
@@ -236,7 +216,7 @@ def _check_twn(fn, W, values: bool):
             msg += (" That is the mean of all |W|; alpha averages only the weights above the threshold"
                     " (the ones that stay nonzero): W.abs()[mask].mean().")
     else:
-        msg += f", your nonzero values have different sizes: {_fmt(got[nz])}; one alpha for the whole tensor."
+        msg += f", your nonzero values have different sizes: {show(got[nz])}; one alpha for the whole tensor."
     raise CheckFailed(msg)
 
 
@@ -278,9 +258,9 @@ def _ste_grad(obj, x, g, on):
 
 def _ste_forward(obj):
     x = torch.tensor([-2.0, -0.5, 0.0, 1.0, 3.0, -0.0])
-    x = torch.cat([x, _randn(41, 30) * 2])
+    x = torch.cat([x, randn(41, 30) * 2])
     x[10:20:3] = 0.0
-    on = f"x = {_fmt(x)} (with zeros)"
+    on = f"x = {show(x)} (with zeros)"
     y = _apply(obj, x.clone(), on)
     if not isinstance(y, torch.Tensor):
         raise CheckFailed(f"ClippedSignSTE.apply returned a {type(y).__name__} on {on}; expected a tensor.")
@@ -300,24 +280,24 @@ def _ste_forward(obj):
 
 
 def _ste_gradient(obj):
-    x = torch.rand(6, 7, generator=_gen(42)) * 6 - 3  # in [-3, 3): about two thirds clipped
-    g = _randn(43, 6, 7)
+    x = torch.rand(6, 7, generator=generator(42)) * 6 - 3  # in [-3, 3): about two thirds clipped
+    g = randn(43, 6, 7)
     on = "x of shape (6, 7) with values in [-3, 3] and a random dL/dy"
     grad = _ste_grad(obj, x, g, on)
     expected = g * (x.abs() <= 1).to(g.dtype) + 0.0
-    if _close(grad, expected):
+    if close(grad, expected):
         return
     i = int((~torch.isclose(grad, expected)).flatten().nonzero()[0])
     xi, gi = x.flatten()[i].item(), g.flatten()[i].item()
     msg = (f"backward: at x = {xi:.4g} with dL/dy = {gi:.4g}, dL/dx should be {expected.flatten()[i].item():.4g}, "
            f"got {grad.flatten()[i].item():.4g} (on {on}).")
-    if _close(grad, g):
+    if close(grad, g):
         msg += (" The gradient passes everywhere: the clip 1{|x| <= 1} is missing (or it was applied to the"
                 " output y, whose |y| is always 1: save the input x with ctx.save_for_backward(x)).")
-    elif _close(grad, torch.zeros_like(g)):
+    elif close(grad, torch.zeros_like(g)):
         msg += (" The gradient is 0 everywhere (the true derivative of sign); the STE passes dL/dy"
                 " straight through where |x| <= 1.")
-    elif _close(grad, (x.abs() <= 1).to(g.dtype)):
+    elif close(grad, (x.abs() <= 1).to(g.dtype)):
         msg += " That is the mask 1{|x| <= 1} alone: multiply it by grad_output."
     raise CheckFailed(msg)
 
@@ -325,13 +305,13 @@ def _ste_gradient(obj):
 def _ste_boundary(obj):
     x = torch.tensor([-1.0, 1.0, 0.0, -1.5, 1.5, 0.999, -1.001, 1.0001])
     g = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
-    on = f"x = {_fmt(x, 8, 6)}, dL/dy = {_fmt(g, 8)}"
+    on = f"x = {show(x, 8, 6)}, dL/dy = {show(g, 8)}"
     grad = _ste_grad(obj, x, g, on)
     expected = g * (x.abs() <= 1).to(g.dtype)
-    if _close(grad, expected):
+    if close(grad, expected):
         return
-    msg = f"backward on {on}: expected dL/dx = {_fmt(expected, 8)}, got {_fmt(grad, 8)}."
-    if _close(grad, g * (x.abs() < 1).to(g.dtype)):
+    msg = f"backward on {on}: expected dL/dx = {show(expected, 8)}, got {show(grad, 8)}."
+    if close(grad, g * (x.abs() < 1).to(g.dtype)):
         msg += (" At x = -1 and x = +1 the gradient must pass: the mask is 1{|x| <= 1}, inclusive"
                 " (you used |x| < 1).")
     raise CheckFailed(msg)
@@ -339,39 +319,39 @@ def _ste_boundary(obj):
 
 # ------------------------------------------------------------------------------------ checks
 def _q1_tensor(fn):
-    _check_bwn(fn, _randn(11, 4, 6), per_row=False)
+    _check_bwn(fn, randn(11, 4, 6), per_row=False)
     _check_bwn(fn, torch.tensor([[1.0, -3.0], [0.5, 0.5]]), per_row=False)  # the docstring example
-    _check_bwn(fn, _randn(12, 3, 5) * 0.02, per_row=False)  # the size of BERT's weights
+    _check_bwn(fn, randn(12, 3, 5) * 0.02, per_row=False)  # the size of BERT's weights
 
 
 def _q1_rows(fn):
     scales = torch.tensor([0.1, 1.0, 3.0, 0.5, 2.0]).unsqueeze(1)
-    _check_bwn(fn, _randn(13, 5, 8) * scales, per_row=True)
+    _check_bwn(fn, randn(13, 5, 8) * scales, per_row=True)
     _check_bwn(fn, torch.tensor([[1.0, -3.0], [0.5, 0.5]]), per_row=True)
 
 
 def _q1_zero(fn):
-    W = _randn(14, 4, 6)
+    W = randn(14, 4, 6)
     W[0, 0] = W[1, 3] = W[3, 5] = 0.0
     _check_bwn(fn, W, per_row=False)
     _check_bwn(fn, W, per_row=True)
 
 
 def _q2(fn):
-    _check_threshold(fn, _randn(21, 6, 9))
-    _check_threshold(fn, _randn(22, 30, 20) * 0.05 + 0.01)
+    _check_threshold(fn, randn(21, 6, 9))
+    _check_threshold(fn, randn(22, 30, 20) * 0.05 + 0.01)
     _check_threshold(fn, torch.tensor([[1.0, -3.0], [0.5, 0.5]]))
 
 
 def _q3_mask(fn):
-    _check_twn(fn, _randn(31, 8, 10), values=False)
-    _check_twn(fn, _randn(32, 20, 16) * 0.03, values=False)
+    _check_twn(fn, randn(31, 8, 10), values=False)
+    _check_twn(fn, randn(32, 20, 16) * 0.03, values=False)
 
 
 def _q3_values(fn):
     _check_twn(fn, torch.tensor([[1.0, -3.0], [0.5, 0.5]]), values=True)
-    _check_twn(fn, _randn(33, 8, 10), values=True)
-    _check_twn(fn, _randn(34, 20, 16) * 0.03, values=True)
+    _check_twn(fn, randn(33, 8, 10), values=True)
+    _check_twn(fn, randn(34, 20, 16) * 0.03, values=True)
 
 
 # --------------------------------------------------------------------------------- questions

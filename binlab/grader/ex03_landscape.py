@@ -21,6 +21,7 @@ import copy
 import torch
 from torch import nn
 
+from binlab.grader.checks import close, generator, one_number, randn, show, tensor_of_shape
 from binlab.grader.core import Check, CheckFailed, Exercise, Mistake, NotAttempted, Question, call, describe_error
 
 __all__ = ["q1", "q2", "q3", "q4", "EXERCISE", "MISTAKES",
@@ -111,79 +112,35 @@ def power_iteration(hvp, v0, max_iter=100, tol=1e-6):
     return lam
 
 
-# ------------------------------------------------------------------------------ check helpers
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _randn(seed, *shape, dtype=torch.float32):
-    return torch.randn(*shape, generator=_gen(seed), dtype=dtype)
-
-
-def _fmt(t, n=6, digits=4):
-    t = torch.as_tensor(t).detach().flatten() + 0.0
-    more = ", ...]" if t.numel() > n else "]"
-    return "[" + ", ".join(f"{v:.{digits}g}" for v in t[:n].tolist()) + more
-
-
-def _close(a, b, rtol=1e-4, atol=1e-6):
-    return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol)
-
-
-def _as_tensor(got, what, on, shape):
-    if got is None:
-        raise CheckFailed(f"{what} returned None on {on}: did you forget the return statement?")
-    try:
-        t = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got, dtype=torch.float64)
-    except Exception:  # noqa: BLE001
-        raise CheckFailed(f"{what} returned a {type(got).__name__} on {on}; expected a tensor.") from None
-    if tuple(t.shape) != tuple(shape):
-        raise CheckFailed(f"{what} returned shape {tuple(t.shape)} on {on}; expected {tuple(shape)}.")
-    return t
-
-
-def _number(got, what, on):
-    if got is None:
-        raise CheckFailed(f"{what} returned None on {on}: did you forget the return statement?")
-    try:
-        t = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got, dtype=torch.float64)
-    except Exception:  # noqa: BLE001
-        raise CheckFailed(f"{what} returned a {type(got).__name__} on {on}; expected one number.") from None
-    if t.numel() != 1:
-        raise CheckFailed(f"{what} returned {t.numel()} numbers (shape {tuple(t.shape)}) on {on}; "
-                          "expected one number, the eigenvalue.")
-    return float(t.reshape(()))
-
-
 # ---------------------------------------------------------------------------------------- q1
 def _check_direction(fn, W):
     on = f"W of shape {tuple(W.shape)}"
     W_in = W.clone()
-    got = _as_tensor(call(fn, W_in, on=on), "perturbation_direction", on, W.shape)
+    got = tensor_of_shape(call(fn, W_in, on=on), "perturbation_direction", on, W.shape)
     if not torch.equal(W_in, W):
         raise CheckFailed(f"perturbation_direction changed its input W in place (on {on}).")
     expected = W.abs().mean() * torch.ones_like(W)
-    if _close(got, expected):
+    if close(got, expected):
         return
-    msg = f"on {on}: expected every entry to be mean|W| = {W.abs().mean().item():.5g}, got {_fmt(got)}."
-    if _close(got, W.mean() * torch.ones_like(W)):
+    msg = f"on {on}: expected every entry to be mean|W| = {W.abs().mean().item():.5g}, got {show(got)}."
+    if close(got, W.mean() * torch.ones_like(W)):
         msg += (" That is mean(W): take the absolute value first, mean(|W|). Positive and negative weights"
                 " cancel in mean(W), which can be close to 0 or even negative.")
-    elif _close(got, torch.ones_like(W)):
+    elif close(got, torch.ones_like(W)):
         msg += " That is the all-ones tensor without the scale mean|W|."
-    elif _close(got, W.abs().mean() * torch.sign(W)):
+    elif close(got, W.abs().mean() * torch.sign(W)):
         msg += " The direction is the same for every entry (all ones), not sign(W)."
     raise CheckFailed(msg)
 
 
 def _q1_values(fn):
-    _check_direction(fn, _randn(11, 4, 6) * 0.05 + 0.02)  # nonzero mean, BERT-sized entries
+    _check_direction(fn, randn(11, 4, 6) * 0.05 + 0.02)  # nonzero mean, BERT-sized entries
     _check_direction(fn, torch.tensor([[1.0, -3.0], [0.5, 0.5]]))  # the docstring example
 
 
 def _q1_shapes(fn):
-    _check_direction(fn, _randn(12, 3, 2, 5) - 0.4)
-    _check_direction(fn, _randn(13, 7))
+    _check_direction(fn, randn(12, 3, 2, 5) - 0.4)
+    _check_direction(fn, randn(13, 7))
 
 
 # ---------------------------------------------------------------------------------------- q2
@@ -200,8 +157,8 @@ def _mlp(seed, sizes=(3, 5, 2)):
 
 
 def _mlp_loss(seed, n=12, d=3):
-    X = _randn(seed, n, d)
-    Y = torch.randint(0, 2, (n,), generator=_gen(seed + 1))
+    X = randn(seed, n, d)
+    Y = torch.randint(0, 2, (n,), generator=generator(seed + 1))
 
     def loss_fn(model):
         return nn.functional.cross_entropy(model(X), Y)
@@ -245,20 +202,20 @@ def _check_grid_values(fn, model, loss_fn, names, coords):
     on = f"a small network, names={names}, coords={[round(c, 3) for c in coords]}"
     expected = _grid_with(model, loss_fn, names, coords, lambda W: W.abs().mean() * torch.ones_like(W))
     n = len(coords)
-    got = _as_tensor(call(fn, model, loss_fn, list(names), list(coords), on=on), "loss_grid", on, (n, n))
-    if _close(got, expected, rtol=1e-4, atol=1e-6):
+    got = tensor_of_shape(call(fn, model, loss_fn, list(names), list(coords), on=on), "loss_grid", on, (n, n))
+    if close(got, expected, rtol=1e-4, atol=1e-6):
         return
     c = n // 2 if 0.0 in coords else None
     bad = (~torch.isclose(got, expected, rtol=1e-4, atol=1e-6)).nonzero()[0].tolist()
     i, j = bad
     msg = (f"on {on}: losses[{i}, {j}] (x = {coords[i]:g}, y = {coords[j]:g}) should be {expected[i, j].item():.6g}, "
            f"got {got[i, j].item():.6g}.")
-    if _close(got, expected.T):
+    if close(got, expected.T):
         msg += (" Your grid is transposed: rows (the first index i) go with coords[i] for the FIRST weight "
                 "names[0], columns with the second.")
-    elif _close(got, _grid_with(model, loss_fn, names, coords, lambda W: W.mean() * torch.ones_like(W))):
+    elif close(got, _grid_with(model, loss_fn, names, coords, lambda W: W.mean() * torch.ones_like(W))):
         msg += " You scaled the direction by mean(W); the paper uses the mean ABSOLUTE value, mean|W|."
-    elif _close(got, _grid_with(model, loss_fn, names, coords, torch.ones_like)):
+    elif close(got, _grid_with(model, loss_fn, names, coords, torch.ones_like)):
         msg += " The direction is all ones TIMES mean|W| (so that x = 1 is a shift of a typical weight's size)."
     elif c is not None and torch.allclose(got[c], got[c, c].expand(n).double(), rtol=1e-6) and \
             not torch.allclose(expected[c], expected[c, c].expand(n), rtol=1e-6):
@@ -342,7 +299,7 @@ def _call_hvp(fn, loss_fn, w, v, on):
             text += (" The second backward pass differentiates the gradient itself, so the first one must build"
                      " a graph: torch.autograd.grad(loss, w, create_graph=True).")
         raise CheckFailed(text) from None
-    return _as_tensor(got, "hessian_vector_product", on, w.shape)
+    return tensor_of_shape(got, "hessian_vector_product", on, w.shape)
 
 
 def _check_hvp(fn, loss_fn, w0, v, expected, on):
@@ -350,23 +307,23 @@ def _check_hvp(fn, loss_fn, w0, v, expected, on):
     got = _call_hvp(fn, loss_fn, w, v.clone(), on)
     if not torch.equal(w.detach(), w0):
         raise CheckFailed(f"hessian_vector_product changed w (on {on}).")
-    if _close(got, expected, rtol=1e-5, atol=1e-8):
+    if close(got, expected, rtol=1e-5, atol=1e-8):
         return
-    msg = f"on {on}: expected H v = {_fmt(expected)}, got {_fmt(got)}."
+    msg = f"on {on}: expected H v = {show(expected)}, got {show(got)}."
     w2 = w0.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(loss_fn(w2), w2)
-    if _close(got, g.detach()):
+    if close(got, g.detach()):
         msg += (" That is the gradient dL/dw. Differentiate once more: H v = d(g . v)/dw, e.g. "
                 "torch.autograd.grad(g, w, grad_outputs=v).")
-    elif _close(got, (g.detach() * v)):
+    elif close(got, (g.detach() * v)):
         msg += " That is g * v elementwise; H v needs a second backward pass through g."
     raise CheckFailed(msg)
 
 
 def _quadratic(seed, n=6):
-    M = _randn(seed, n, n, dtype=torch.float64)
+    M = randn(seed, n, n, dtype=torch.float64)
     A = M @ M.T / n + torch.eye(n, dtype=torch.float64)
-    b = _randn(seed + 1, n, dtype=torch.float64)
+    b = randn(seed + 1, n, dtype=torch.float64)
 
     def loss_fn(w):
         return 0.5 * w @ A @ w + b @ w
@@ -376,13 +333,13 @@ def _quadratic(seed, n=6):
 
 def _q3_quadratic(fn):
     A, loss_fn = _quadratic(31)
-    w0, v = _randn(32, 6, dtype=torch.float64), _randn(33, 6, dtype=torch.float64)
+    w0, v = randn(32, 6, dtype=torch.float64), randn(33, 6, dtype=torch.float64)
     _check_hvp(fn, loss_fn, w0, v, A @ v, "loss = 1/2 w^T A w + b^T w (H = A), w and v of shape (6,)")
 
 
 def _tanh_loss(seed):
-    X = _randn(seed, 8, 3, dtype=torch.float64)
-    y = _randn(seed + 1, 8, 2, dtype=torch.float64)
+    X = randn(seed, 8, 3, dtype=torch.float64)
+    y = randn(seed + 1, 8, 2, dtype=torch.float64)
 
     def loss_fn(w):  # w: (3, 2)
         return ((torch.tanh(X @ w) - y) ** 2).mean()
@@ -392,7 +349,7 @@ def _tanh_loss(seed):
 
 def _q3_network(fn):
     loss_fn = _tanh_loss(34)
-    w0, v = _randn(35, 3, 2, dtype=torch.float64), _randn(36, 3, 2, dtype=torch.float64)
+    w0, v = randn(35, 3, 2, dtype=torch.float64), randn(36, 3, 2, dtype=torch.float64)
     H = torch.autograd.functional.hessian(loss_fn, w0).reshape(6, 6)
     expected = (H @ v.reshape(6)).reshape(3, 2)
     _check_hvp(fn, loss_fn, w0, v, expected, "loss = mean((tanh(X w) - y)^2), w and v of shape (3, 2)")
@@ -400,13 +357,13 @@ def _q3_network(fn):
 
 def _q3_twice(fn):
     loss_fn = _tanh_loss(37)
-    w = _randn(38, 3, 2, dtype=torch.float64).requires_grad_(True)
-    v = _randn(39, 3, 2, dtype=torch.float64)
+    w = randn(38, 3, 2, dtype=torch.float64).requires_grad_(True)
+    v = randn(39, 3, 2, dtype=torch.float64)
     on = "the same w and v twice in a row"
     first = _call_hvp(fn, loss_fn, w, v, on)
     second = _call_hvp(fn, loss_fn, w, v, on)
-    if not _close(first, second, rtol=1e-9, atol=1e-12):
-        raise CheckFailed(f"on {on}: the two answers differ ({_fmt(first)} then {_fmt(second)}). Gradients "
+    if not close(first, second, rtol=1e-9, atol=1e-12):
+        raise CheckFailed(f"on {on}: the two answers differ ({show(first)} then {show(second)}). Gradients "
                           "accumulate in w.grad when you call .backward(); use torch.autograd.grad, which "
                           "returns them instead of adding them to w.grad.")
 
@@ -425,14 +382,15 @@ class _Counter:
 
 def _sym(eigenvalues, seed, dtype=torch.float64):
     n = len(eigenvalues)
-    Q, _ = torch.linalg.qr(_randn(seed, n, n, dtype=torch.float64))
+    Q, _ = torch.linalg.qr(randn(seed, n, n, dtype=torch.float64))
     return ((Q * torch.tensor(eigenvalues, dtype=torch.float64)) @ Q.T).to(dtype)
 
 
 def _check_power(fn, H, v0, expected, on, max_iter=1000, tol=1e-10, rtol=1e-4):
     hvp = _Counter(H)
     v_in = v0.clone()
-    got = _number(call(fn, hvp, v_in, max_iter=max_iter, tol=tol, on=on), "power_iteration", on)
+    got = one_number(call(fn, hvp, v_in, max_iter=max_iter, tol=tol, on=on), "power_iteration", on,
+                     "one number, the eigenvalue")
     if not torch.equal(v_in, v0):
         raise CheckFailed(f"power_iteration changed v0 in place (on {on}); work on a copy (v = v0 / v0.norm()).")
     if abs(got - expected) <= rtol * abs(expected):
@@ -457,13 +415,13 @@ def _q4_diagonal(fn):
 def _q4_symmetric(fn):
     eig = [3.0, 2.4, 1.7, 1.0, 0.6, 0.3, 0.1, 0.05] + [0.01] * 12
     H = _sym(eig, 41)
-    v0 = _randn(42, 20, dtype=torch.float64)
+    v0 = randn(42, 20, dtype=torch.float64)
     _check_power(fn, H, v0, 3.0, "a random symmetric 20x20 H with eigenvalues 3, 2.4, 1.7, ...")
 
 
 def _q4_negative(fn):
     H = _sym([-6.0, 3.0, 1.0, 0.5], 43)
-    _check_power(fn, H, _randn(44, 4, dtype=torch.float64), -6.0,
+    _check_power(fn, H, randn(44, 4, dtype=torch.float64), -6.0,
                  "a symmetric H with eigenvalues -6, 3, 1, 0.5 (the dominant one is negative)")
 
 
@@ -477,14 +435,15 @@ def _q4_stopping(fn):
     H = _sym([2.0, 1.98, 1.0], 46)  # slow: |lambda2 / lambda1| = 0.99
     hvp = _Counter(H)
     on = "eigenvalues 2, 1.98, 1 (slow convergence), max_iter=7, tol=1e-12"
-    call(fn, hvp, _randn(47, 3, dtype=torch.float64), max_iter=7, tol=1e-12, on=on)
+    call(fn, hvp, randn(47, 3, dtype=torch.float64), max_iter=7, tol=1e-12, on=on)
     if hvp.calls > 8:
         raise CheckFailed(f"on {on}: hvp was called {hvp.calls} times; at most max_iter = 7 products are allowed.")
     H = torch.diag(torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64))
     hvp = _Counter(H)
     on = "H = diag(4, 1, 0.5) and v0 = (1, 0, 0), already the top eigenvector, tol=1e-6"
-    got = _number(call(fn, hvp, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), max_iter=1000, tol=1e-6, on=on),
-                  "power_iteration", on)
+    v0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    got = one_number(call(fn, hvp, v0, max_iter=1000, tol=1e-6, on=on), "power_iteration", on,
+                     "one number, the eigenvalue")
     if abs(got - 4.0) > 1e-6:
         raise CheckFailed(f"on {on}: expected 4, got {got:.6g}.")
     if hvp.calls > 3:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from binlab.grader.checks import randn
 from binlab.grader.core import Check, CheckFailed, Exercise, Mistake, Question, call
 
 __all__ = ["q1", "q2", "q3", "EXERCISE", "MISTAKES", "ternary_sets", "tws_coefficients", "tws_split",
@@ -83,14 +84,10 @@ def tws_split(W):
 
 
 # ------------------------------------------------------------------------------ check helpers
-def _randn(seed, *shape):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 def _skewed(seed, *shape):
     """Weights whose distribution is shifted by 0.4 sigma: more of the zeroed entries are positive than
     negative, so S_J - S_K is clearly non-zero (in symmetric weights S_J ~ S_K hides a swap of J and K)."""
-    return _randn(seed, *shape) * 0.05 + 0.02
+    return randn(seed, *shape, dtype=torch.float64) * 0.05 + 0.02
 
 
 def _inputs():
@@ -99,7 +96,7 @@ def _inputs():
              torch.tensor(WORKED_EXAMPLE, dtype=torch.float64)),
             ("skewed weights of shape (12, 20) (S_J > S_K)", _skewed(41, 12, 20)),
             ("skewed weights of shape (16, 8), negative shift (S_K > S_J)", -_skewed(42, 16, 8)),
-            ("Gaussian weights of shape (10, 30)", _randn(43, 10, 30))]
+            ("Gaussian weights of shape (10, 30)", randn(43, 10, 30, dtype=torch.float64))]
 
 
 def _sums(W):
