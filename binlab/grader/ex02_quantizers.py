@@ -95,12 +95,6 @@ class ClippedSignSTE(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------ check helpers
-
-
-
-
-
-
 def _as_tensor(got, what, on, like):
     if got is None:
         raise CheckFailed(f"{what} returned None on {on}: did you forget the return statement?")
@@ -116,8 +110,6 @@ def _as_tensor(got, what, on, like):
     if not got.is_floating_point():
         raise CheckFailed(f"{what} returned a {got.dtype} tensor on {on}; expected floats like W.")
     return got.to(like.dtype)
-
-
 
 
 def _sign(W):
@@ -158,8 +150,6 @@ def _check_bwn(fn, W, per_row):
         want = expected.abs().flatten()[i].item()
         msg += f" Your scale there is {scale:.5g}, the expected alpha is {want:.5g}."
     raise CheckFailed(msg)
-
-
 
 
 def _check_threshold(fn, W):
