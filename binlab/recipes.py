@@ -101,7 +101,7 @@ class BinaryBertConfig:
         max_steps: cap on the steps of each stage (0: none).
         ffn_act: the student's FFN activation, ``"gelu"`` or ``"relu"``; None = the paper's for ``act_bits``
             (GELU at 8 bits, ReLU at 4 and 1). A backbone pre-trained with GELU can lose most of its accuracy
-            when ReLU replaces it (docs/results.md: MiniLM on STS-B, 90.8 -> 12.3 before any training).
+            when ReLU replaces it (docs/results.md: the MiniLM STS-B teacher, 86.4 -> 15.8 before any training).
     """
 
     task: str
