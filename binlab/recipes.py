@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from binlab.qconfig import QuantConfig
+from binlab.qconfig import FFN_ACTS, QuantConfig
 
 if TYPE_CHECKING:  # torch is imported where it is used: `binlab grade` builds this parser without it
     import torch
@@ -138,8 +138,8 @@ class BinaryBertConfig:
     def __post_init__(self):
         if self.act_bits not in ACT_BITS:
             raise ValueError(f"BinaryBERT recipe: act_bits must be one of {ACT_BITS}, got {self.act_bits!r}")
-        if self.ffn_act not in (None, "gelu", "relu"):
-            raise ValueError(f"BinaryBertConfig.ffn_act must be None, 'gelu' or 'relu', got {self.ffn_act!r}")
+        if self.ffn_act is not None and self.ffn_act not in FFN_ACTS:
+            raise ValueError(f"BinaryBertConfig.ffn_act must be None or one of {FFN_ACTS}, got {self.ffn_act!r}")
         if self.regression_loss not in REGRESSION_LOSSES:
             raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {self.regression_loss!r}")
         for name in ("ternary_lr", "binary_lr", "kd_epochs", "teacher_lr", "teacher_epochs"):
@@ -520,7 +520,7 @@ def add_arguments(p) -> None:
     g.add_argument("--kd-epochs", type=float, default=2.0, help="epochs of each distillation stage")
     g.add_argument("--regression-loss", default="mse", choices=REGRESSION_LOSSES,
                    help="stage 2 on one logit (STS-B): mse, or the authors' soft_ce (identically 0)")
-    g.add_argument("--ffn-act", default=None, choices=("gelu", "relu"), help="the student's FFN activation "
+    g.add_argument("--ffn-act", default=None, choices=FFN_ACTS, help="the student's FFN activation "
                    "(default: the paper's, GELU at 8 activation bits, ReLU at 4 and 1)")
 
 
