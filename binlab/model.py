@@ -12,7 +12,7 @@ One file, one class per concept of the BERT paper, read top to bottom like its f
     BertModel           embeddings + encoder + pooler
     BertForSequenceClassification   BertModel + an FP classifier (num_labels = 1: regression)
 
-How much of it is binarized is set in ONE place, ``config.quant`` (a :class:`binlab.qconfig.QuantConfig`).
+How much of it is binarized is set in ONE place, ``config.quant`` (a :class:`binlab.quant.config.QuantConfig`).
 With ``QuantConfig()`` (32 bits everywhere) this is exactly Hugging Face's ``BertModel``; the tests check that
 to 1e-5. The binarization points are written out in the forward passes below, marked ``# [Q]``:
 
@@ -41,11 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binlab.qconfig import QuantConfig
-from binlab.qlayers import QuantEmbedding, QuantLinear, make_act_quantizer
-from binlab.quantizers import ste_bool
+from binlab.quant.config import FFN_ACTS, QuantConfig
+from binlab.quant.layers import QuantEmbedding, QuantLinear, make_act_quantizer
+from binlab.quant.quantizers import ste_bool
 
-FFN_ACTS = ("gelu", "relu")
 MASK_VALUE = -10000.0  # added to the scores of padded keys, as in BERT and all three papers' code
 
 
@@ -402,6 +401,29 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def tiny_bert(num_labels: int = 2, quant: QuantConfig | str | None = None, *, seed: int | None = None,
+              vocab_size: int = 30522, hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 2,
+              intermediate_size: int = 128, max_position_embeddings: int = 512, dropout: float | None = None,
+              **config) -> BertForSequenceClassification:
+    """A small random BERT that trains in seconds on a CPU: tests, fast mode and the chapters' toy runs.
+
+    The defaults (2 layers, hidden 64, 2 heads, FFN 128, BERT's 30,522-word vocabulary, which the bundled
+    MiniLM tokenizer uses) are ``binlab train --model tiny``'s; the chapters pass their own sizes. ``seed``:
+    ``torch.manual_seed(seed)`` right before the weights are drawn (None: the global generator as it is).
+    ``dropout`` sets both dropout probabilities (None: BERT's 0.1); other ``config`` keys are
+    :class:`BertConfig` fields (e.g. ``initializer_range``).
+    """
+    if dropout is not None:
+        config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                     num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                     max_position_embeddings=max_position_embeddings, num_labels=num_labels,
+                     quant=QuantConfig() if quant is None else quant, **config)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return BertForSequenceClassification(cfg)
+
+
 __all__ = ["BertConfig", "ModelOutput", "BertEmbeddings", "BertSelfAttention", "BertAttentionOutput",
            "BertFFN", "BertLayer", "BertEncoder", "BertPooler", "BertModel", "BertForSequenceClassification",
-           "count_parameters"]
+           "count_parameters", "tiny_bert"]

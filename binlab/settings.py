@@ -2,11 +2,15 @@
 
 ``BINLAB_FAST=1`` puts every notebook in *fast mode*: small sizes, few steps, so that the whole book
 executes in the test suite in seconds per chapter. Notebooks read it through :func:`fast_mode`.
+:func:`project_root` is the checkout whose ``docs/`` and ``runs/`` the book reads (``BINLAB_ROOT`` overrides it).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+ROOT_ENV = "BINLAB_ROOT"
 
 
 def fast_mode() -> bool:
@@ -17,3 +21,20 @@ def fast_mode() -> bool:
 def pick(full, fast):
     """``fast`` in fast mode, ``full`` otherwise: ``n_steps = pick(2000, 20)``."""
     return fast if fast_mode() else full
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The binlab checkout whose ``docs/``, ``runs/``, ``book/`` and ``exercises/`` the book reads and writes.
+
+    ``$BINLAB_ROOT`` if set; else the nearest folder at or above ``start`` (default: the current directory, which
+    is ``book/`` or ``exercises/`` in a running notebook) that holds both ``book/`` and ``docs/``; else ``start``
+    itself. Never the installed package's location, so an installed (non-editable) binlab works from anywhere.
+    """
+    env = os.environ.get(ROOT_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "book").is_dir() and (folder / "docs").is_dir():
+            return folder
+    return here

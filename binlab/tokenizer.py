@@ -20,6 +20,9 @@ import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from binlab.checkpoint import atomic_write_bytes
+from binlab.checkpoint import resolve_model_dir
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -130,7 +133,6 @@ class BertTokenizer:
 
     def save(self, save_dir: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` and ``vocab.txt`` into ``save_dir`` (atomically, like the weights)."""
-        from binlab.checkpoint import atomic_write_bytes
 
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,6 @@ class BertTokenizer:
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> BertTokenizer:
     """The tokenizer of a checkpoint (default: the bundled all-MiniLM-L6-v2), see :func:`resolve_model_dir`."""
-    from binlab.checkpoint import resolve_model_dir
 
     return BertTokenizer.from_dir(resolve_model_dir(name_or_path))
 

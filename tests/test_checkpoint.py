@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from binlab import checkpoint
+from binlab.files import atomic_write_bytes
 from binlab.checkpoint import (
-    atomic_write_bytes, binlab_to_hf_key, hf_to_binlab_key, load_config, load_pretrained, load_state_dict,
+    binlab_to_hf_key, hf_to_binlab_key, load_config, load_pretrained, load_state_dict,
     load_weights, resolve_model_dir, save_pretrained,
 )
 from binlab.model import BertConfig, BertForSequenceClassification, BertModel
-from binlab.qconfig import QuantConfig
+from binlab.quant.config import QuantConfig
 from binlab.tokenizer import BertTokenizer, load_tokenizer
 
 transformers = pytest.importorskip("transformers")

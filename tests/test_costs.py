@@ -1,4 +1,4 @@
-"""binlab.costs: parameters, memory and FLOPs from a BertConfig, checked against the model itself
+"""binlab.analysis.costs: parameters, memory and FLOPs from a BertConfig, checked against the model itself
 and against the papers' numbers (methods.md §0 "Efficiency", §2.9, §3.7)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from binlab import costs
+from binlab.analysis import costs
 from binlab.model import BertConfig, BertModel
 
 TINY = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -1,27 +1,26 @@
-"""Distillation losses (binlab.distill): each against an independent formula, the regression pitfall of the
+"""Distillation losses (binlab.methods.distill): each against an independent formula, the regression pitfall of the
 soft CE, BiBERT's whole-batch normalisation, and make_kd_loss as a Trainer loss_fn."""
 
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from binlab.distill import (KD_KINDS, attention_score_mse, bibert_loss, binarybert_stage1_loss, bit_loss,
+from binlab.methods.distill import (KD_KINDS, attention_score_mse, bibert_loss, binarybert_stage1_loss, bit_loss,
                             direction_distance, direction_matching_loss, hidden_state_mse, make_kd_loss,
                             prediction_loss, similarity_matrix, soft_cross_entropy)
-from binlab.model import BertConfig, BertForSequenceClassification
-from binlab.qconfig import QuantConfig
+from binlab.model import tiny_bert
+from binlab.quant.config import QuantConfig
 
 
 def tiny(quant="fp", num_labels=3, seed=0, **kw):
-    args = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                max_position_embeddings=24, num_labels=num_labels, quant=QuantConfig.preset(quant))
-    cfg = BertConfig(**{**args, **kw})
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(cfg)
+    sizes = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=24)
+    return tiny_bert(num_labels, QuantConfig.preset(quant), seed=seed, **{**sizes, **kw})
 
 
 def make_batch(B=4, L=9, num_labels=3, seed=0):
@@ -226,7 +225,7 @@ class Split:
 
 
 def test_kd_loss_drives_the_trainer(tmp_path):
-    from binlab.trainer import TrainConfig, Trainer
+    from binlab.train.trainer import TrainConfig, Trainer
 
     words = ["good", "bad", "plot", "film", "dull", "great", "very", "not"]
     vocab = {w: i + 5 for i, w in enumerate(words)}

@@ -3,7 +3,7 @@
 The trio every exercise is held to (reference full marks, stub zero, typical mistakes lose points, the
 shipped notebook graded through ``binlab grade``, a solved copy full marks) is in tests/test_grader.py,
 parametrized over every exercise. Here: the paper's printed coefficient (J and K swapped) loses points on inputs that really separate the two
-formulas, the worked example's numbers, and the reference answers are the library's split (binlab.splitting).
+formulas, the worked example's numbers, and the reference answers are the library's split (binlab.methods.splitting).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from binlab.grader import ex04_splitting as ex
-from binlab.quantizers import bwn, twn
-from binlab.splitting import tws_a, tws_a_as_printed, tws_b, tws_split
+from binlab.methods.splitting import tws_a, tws_a_as_printed, tws_b, tws_split
+from binlab.quant.quantizers import bwn, twn
 
 
 

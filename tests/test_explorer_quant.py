@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_titled
 
 from binlab.explorers import quant as E
-from binlab import quantizers as Q
+from binlab.quant import quantizers as Q
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +19,6 @@ def random_sample():
 
 def _arr(trace_values):
     return np.asarray(trace_values, dtype=np.float64)
-
-
-def _titled(fig):
-    """Every figure has a title and labelled axes (all of its x and y axes)."""
-    assert fig.layout.title.text, "figure without a title"
-    axes = [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]
-    assert axes
-    for k in axes:
-        assert fig.layout[k].title.text, f"{k} has no label"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -58,7 +50,7 @@ def test_transfer_gradient_of_ste_sign_is_the_window(clip):
 
 def test_transfer_explorer_draws_the_quantizer_and_reacts_to_every_control():
     ui, fig, c = E.make_transfer_explorer("ste_sign")
-    _titled(fig)
+    assert_titled(fig)
     xs = _arr(fig.data[0].x)
     np.testing.assert_array_equal(_arr(fig.data[0].y), np.where(xs < 0, -1.0, 1.0))
     np.testing.assert_array_equal(_arr(fig.data[2].y), (np.abs(xs) <= 1.0).astype(float))
@@ -132,7 +124,7 @@ def test_pretrained_sample_when_installed():
 
 def test_histogram_explorer_reacts_and_reports_the_error(random_sample):
     ui, fig, c = E.make_histogram_explorer(random_sample)
-    _titled(fig)
+    assert_titled(fig)
     assert "RANDOM INIT" in fig.layout.title.text
     w = random_sample.weight
     assert _arr(fig.data[0].y).sum() == w.numel() and _arr(fig.data[1].y).sum() == w.numel()
@@ -171,7 +163,7 @@ def test_error_decreases_with_bits(random_sample):
         assert bwn_row[0] == pytest.approx(1 - float(wd.abs().mean()) ** 2 / float((wd ** 2).mean()), rel=1e-5)
         assert errors[next(k for k in errors if "elastic" in k)][0] == pytest.approx(1.0, abs=1e-5)
         fig = E.error_vs_bits_figure(errors)
-        _titled(fig)
+        assert_titled(fig)
         assert len(fig.data) == len(errors)
 
 
@@ -190,7 +182,7 @@ def test_binary_scale_errors_match_the_closed_form(random_sample):
 def test_alpha_curve_minimum_is_mean_abs_w(pretrained):
     sample = E.load_weight_sample(pretrained=pretrained)
     ui, fig, c = E.make_alpha_explorer(sample)
-    _titled(fig)
+    assert_titled(fig)
     alphas, errors = _arr(fig.data[0].x), _arr(fig.data[0].y)
     mean_abs = float(sample.weight.double().abs().mean())
     step = alphas[1] - alphas[0]
@@ -224,7 +216,7 @@ def test_ste_choice_changes_the_loss_curve(ste_runs):
     assert np.mean(clipped.losses[last]) < np.mean(identity.losses[last]) - 0.1  # visibly, not marginally
     assert clipped.accuracy > identity.accuracy
     fig = E.ste_comparison_figure(ste_runs)
-    _titled(fig)
+    assert_titled(fig)
     assert len(fig.data) == 4
 
 

@@ -9,20 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_titled
 
 from binlab.explorers import splitting as E
+from binlab.methods.binarybert import ternary_quant
+from binlab.methods.split_model import split_ternary_model
+from binlab.methods.splitting import tws_split
 from binlab.model import BertConfig, BertForSequenceClassification
-from binlab.quantizers import bwn, twn
-from binlab.recipes import ternary_quant
-from binlab.splitting import split_ternary_model, tws_split
-
-
-def _titled(fig):
-    assert fig.layout.title.text, "figure without a title"
-    axes = [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]
-    assert axes
-    for k in axes:
-        assert fig.layout[k].title.text, f"{k} has no label"
+from binlab.quant.quantizers import bwn, twn
 
 
 def _nan(trace) -> int:
@@ -73,7 +67,7 @@ def test_skew_makes_the_printed_coefficient_visibly_wrong():
 def test_explorer_walks_through_the_steps():
     ui, fig, c = E.make_split_explorer(shape=(6, 10), seed=1, skew=0.3)
     assert len(fig.data) == 8
-    _titled(fig)
+    assert_titled(fig)
     wt = E.tws_walkthrough(E.example_weight(1, 0.3, (6, 10)))
     n, n_I = 60, int(wt.on_I.sum())
     expected = {  # NaN (hidden) entries per panel: W, W1, W2, W1+W2-W, TWN, BWN(W1), BWN(W2), error
@@ -142,7 +136,7 @@ def test_split_error_rows_match_the_prediction(small_bert):
         assert r["printed a"] == pytest.approx(r["predicted"], rel=1e-3), r
         assert r["printed a"] > 100 * r["code a"] + 1e-9, r
     fig = E.split_error_figure(rows)
-    _titled(fig)
+    assert_titled(fig)
     assert list(fig.data[1].x) == [r["tensor type"] for r in rows]
 
 
@@ -193,7 +187,7 @@ def test_compare_split_vs_direct_reports_its_runs(tmp_path):
     assert c.mean_gap == pytest.approx(row["final split"] - row["final direct"])
     assert c.settings["max_train"] == 32 and c.settings["kd_epochs"] == E.TINY_SETTINGS["fast"]["kd_epochs"]
     fig = E.comparison_figure(c)
-    _titled(fig)
+    assert_titled(fig)
     assert len(fig.data) == 6 and list(fig.data[0].x) == ["seed 0"]
 
 

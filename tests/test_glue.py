@@ -1,5 +1,5 @@
-"""Tests for binlab.glue (task specs, local TSV / hub / synthetic loading, batches) and
-binlab.synthetic. Real GLUE files are read in place from the shared data folder (skipped when it is
+"""Tests for binlab.data.glue (task specs, local TSV / hub / synthetic loading, batches) and
+binlab.data.synthetic. Real GLUE files are read in place from the shared data folder (skipped when it is
 absent); error paths use tiny TSV files written to tmp_path."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from binlab import synthetic
-from binlab.glue import (
+from binlab.data import synthetic
+from binlab.data.glue import (
     GLUE_DIR_ENV,
     GLUE_SOURCE_ENV,
     GLUE_TASKS,
@@ -481,7 +481,7 @@ def test_synthetic_is_deterministic_and_splits_differ():
 def test_synthetic_warning_is_shown_every_time():
     # a fresh interpreter with Python's default filters, which show a warning once per call site
     code = (
-        "from binlab.glue import load_glue\n"
+        "from binlab.data.glue import load_glue\n"
         "for _ in range(3):\n"
         "    load_glue('sst2', 'dev', max_examples=5)\n"
     )

@@ -15,16 +15,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from binlab.grader import cli, core, ex01_popcount, ex02_quantizers, ex03_landscape, ex04_splitting
 
-ROOT = Path(__file__).resolve().parent.parent
 #: every shipped exercise; each test parametrized over it holds for all of them (tests/test_ex03.py and
 #: tests/test_ex04.py add what is particular to one exercise).
 EXERCISES = {"01_popcount": ex01_popcount, "02_quantizers": ex02_quantizers,
@@ -420,15 +419,16 @@ def test_docstring_examples_hold():
 
 def test_exercise_convention_matches_binlab_kernels():
     """Exercise 1 teaches the packing binlab's kernels use: same words, same products."""
-    kernels = pytest.importorskip("binlab.kernels")
+    packing = pytest.importorskip("binlab.kernels.packing")
+    products = pytest.importorskip("binlab.kernels.products")
     rng = np.random.default_rng(7)
     for shape in [(3, 70), (2, 64), (1, 1), (4, 200)]:
         x = rng.standard_normal(shape).astype(np.float32)
         x[:, ::5] = 0.0
-        assert np.array_equal(kernels.pack_signs(torch.from_numpy(x)), ex01_popcount.pack_signs(x))
+        assert np.array_equal(packing.pack_signs(torch.from_numpy(x)), ex01_popcount.pack_signs(x))
     A = ex01_popcount.pack_signs(rng.standard_normal((5, 130)))
     B = ex01_popcount.pack_signs(rng.standard_normal((7, 130)))
-    assert np.array_equal(kernels.xnor_gemm(A, B, 130).numpy(), ex01_popcount.xnor_matmul(A, B, 130))
+    assert np.array_equal(products.xnor_gemm(A, B, 130).numpy(), ex01_popcount.xnor_matmul(A, B, 130))
 
 
 def test_interrupting_a_check_kills_the_child(monkeypatch):

@@ -11,24 +11,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from binlab import kernels
-from binlab.kernels import (
-    BinaryLinear,
-    PackedWeight,
-    and_bmm,
-    and_gemm,
-    pack_bits01,
-    pack_signs,
-    unpack_bits01,
-    unpack_signs,
-    xnor_bmm,
-    xnor_gemm,
-)
+from binlab.kernels import packing, products
+from binlab.kernels.linear import BinaryLinear
+from binlab.kernels.packing import pack_bits01, pack_signs, unpack_bits01, unpack_signs
+from binlab.kernels.products import PackedWeight, and_bmm, and_gemm, xnor_bmm, xnor_gemm
 
-BACKENDS = kernels.BACKENDS
+BACKENDS = products.BACKENDS
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +64,7 @@ def test_pack_bit_order_matches_reference():
     """Element k is bit k % 64 of word k // 64 (little-endian words)."""
     x = random_with_zeros(200, seed=1)
     words = pack_signs(x)
-    assert [int(w) for w in words] == kernels.pack_signs_reference(x.tolist())
+    assert [int(w) for w in words] == packing.pack_signs_reference(x.tolist())
     one_hot = -torch.ones(130)
     one_hot[65] = 1.0
     assert [int(w) for w in pack_signs(one_hot)] == [0, 1 << 1, 0]
@@ -211,13 +201,13 @@ def test_reference_versions_agree():
     a, b = random_with_zeros(6, 150, seed=10), random_with_zeros(5, 150, seed=11)
     aw, bw = pack_signs(a), pack_signs(b)
     expected = torch_xnor(a, b)
-    assert np.array_equal(kernels.xnor_gemm_reference(aw, bw, 150), expected.numpy())
-    assert kernels.xnor_dot_reference(aw[2], bw[3], 150) == int(expected[2, 3])
+    assert np.array_equal(products.xnor_gemm_reference(aw, bw, 150), expected.numpy())
+    assert products.xnor_dot_reference(aw[2], bw[3], 150) == int(expected[2, 3])
     p = (a > 0.3).float()
     pw = pack_bits01(p)
     expected_and = torch_and(p, b)
-    assert np.array_equal(kernels.and_gemm_reference(pw, bw), expected_and.numpy())
-    assert kernels.and_dot_reference(pw[4], bw[1]) == int(expected_and[4, 1])
+    assert np.array_equal(products.and_gemm_reference(pw, bw), expected_and.numpy())
+    assert products.and_dot_reference(pw[4], bw[1]) == int(expected_and[4, 1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +307,7 @@ def test_product_errors():
     with pytest.raises(ValueError, match="unknown backend"):
         xnor_gemm(a, b, 100, backend="gpu")
     with pytest.raises(ValueError, match="unknown backend"):
-        kernels.set_backend("fast")
+        products.set_backend("fast")
 
 
 def test_binary_linear_errors():
@@ -354,7 +344,7 @@ def _paired_median_ratio(slow, fast, rounds=7):
     return sorted(ratios)[rounds // 2]
 
 
-@pytest.mark.skipif(kernels.get_backend() == "scalar", reason="no SIMD kernel on this CPU")
+@pytest.mark.skipif(products.get_backend() == "scalar", reason="no SIMD kernel on this CPU")
 def test_xnor_gemm_beats_float_matmul():
     """Weights prepacked, 256 tokens x (768 -> 3072): at least 3x faster than torch fp32."""
     gen = torch.Generator().manual_seed(15)
@@ -377,20 +367,20 @@ def test_disable_jit_runs_as_python():
     """NUMBA_DISABLE_JIT=1: the same kernels run as plain Python (for pdb) and agree with torch."""
     script = textwrap.dedent("""
         import torch
-        from binlab import kernels as K
+        from binlab.kernels import linear, packing, products
         def sign(x):
             return torch.where(x >= 0, 1.0, -1.0)
         torch.manual_seed(0)
         a, b = torch.randn(5, 70), torch.randn(18, 70)
         expected = (sign(a) @ sign(b).T).to(torch.int32)
-        for backend in K.BACKENDS:
-            got = K.xnor_gemm(K.pack_signs(a), K.pack_signs(b), 70, backend=backend)
+        for backend in products.BACKENDS:
+            got = products.xnor_gemm(packing.pack_signs(a), packing.pack_signs(b), 70, backend=backend)
             assert torch.equal(got, expected), backend
         p = (torch.rand(2, 6, 9) > 0.5).float()
         v = torch.randn(2, 9, 20)
-        out = K.and_bmm(K.pack_bits01(p), K.pack_signs(v.transpose(-1, -2)), 9)
+        out = products.and_bmm(packing.pack_bits01(p), packing.pack_signs(v.transpose(-1, -2)), 9)
         assert torch.equal(out, (p @ sign(v)).to(torch.int32))
-        layer = K.BinaryLinear.from_float(b, bias=torch.ones(18), alpha="row")
+        layer = linear.BinaryLinear.from_float(b, bias=torch.ones(18), alpha="row")
         torch.testing.assert_close(layer(a), (sign(a) @ sign(b).T) * b.abs().mean(1) + 1)
         print("python mode ok")
     """)
@@ -407,9 +397,9 @@ def test_generated_assembly_uses_vector_popcount(tmp_path):
     vpshufb/vpsadbw sequence. A fresh numba cache so that inspect_asm has the assembly."""
     script = textwrap.dedent("""
         import numpy as np, torch
-        from binlab import kernels as K, _gemm as G
-        a = K.pack_signs(torch.randn(16, 256))
-        w = K.PackedWeight.from_float(torch.randn(32, 256))
+        from binlab.kernels import _gemm as G, packing, products
+        a = packing.pack_signs(torch.randn(16, 256))
+        w = products.PackedWeight.from_float(torch.randn(32, 256))
         out = np.empty((1, 16, 32), np.int32)
         c0 = np.full((1, w.blocks.shape[1] * 8), 256, np.int32)
         G.gemm_range(0, 1, a[None], w.blocks, c0, 1, out, None, None, G.TILE_ROWS)

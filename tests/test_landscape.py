@@ -1,4 +1,4 @@
-"""Loss landscapes and Hessian eigenvalues (binlab.landscape) on tiny models.
+"""Loss landscapes and Hessian eigenvalues (binlab.analysis.landscape) on tiny models.
 
 The power iteration is checked against ``torch.linalg.eigvalsh`` / ``eigvals`` of the FULL Hessian computed by
 ``torch.autograd.functional.hessian``: for a quadratic, a tiny MLP, and a tiny BERT (full precision, and a
@@ -16,9 +16,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from binlab import landscape as L
-from binlab.model import BertConfig, BertForSequenceClassification
-from binlab.qconfig import QuantConfig
+from binlab.analysis import landscape as L
+from binlab.explorers import landscape as EL
+from binlab.model import BertForSequenceClassification, tiny_bert as make_tiny_bert
+from binlab.quant.config import QuantConfig
+from binlab.train.trainer import default_loss
 
 V0, V1 = L.value_layers()
 
@@ -33,10 +35,8 @@ def one_thread():
 
 
 def tiny_bert(quant="fp", layers=3, seed=0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=60, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=16, max_position_embeddings=16, quant=quant)
-    model = BertForSequenceClassification(cfg)
+    model = make_tiny_bert(2, quant, seed=seed, vocab_size=60, hidden_size=8, num_hidden_layers=layers,
+                           num_attention_heads=2, intermediate_size=16, max_position_embeddings=16)
     with torch.no_grad():  # move away from BERT's N(0, 0.02) init so that every layer matters
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -77,7 +77,7 @@ def test_with_quant_copies_the_latent_weights(preset):
         assert torch.equal(qs[k], v), k
     assert_same_state(fp, before)
     b = make_batches()[0]
-    assert not torch.allclose(L.classification_loss(q, b), L.classification_loss(fp, b))  # it does quantize
+    assert not torch.allclose(default_loss(q, b), default_loss(fp, b))  # it does quantize
     assert q.training == fp.training
 
 
@@ -103,7 +103,7 @@ def test_dataset_loss_averages_over_examples():
     b1, b2 = make_batches((5, 3))
     both = {k: torch.cat([b1[k], b2[k]]) for k in b1}
     assert L.dataset_loss(m, [b1, b2]) == pytest.approx(L.dataset_loss(m, both), rel=1e-6)
-    assert L.dataset_loss(m, b1) == pytest.approx(L.classification_loss(m, b1).item(), rel=1e-6)
+    assert L.dataset_loss(m, b1) == pytest.approx(default_loss(m, b1).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("preset", ["fp", "w2a8", "w1a8"])
@@ -162,7 +162,7 @@ def test_weights_restored_when_the_loss_raises():
         calls.append(1)
         if len(calls) == 7:  # in the middle of the grid, with both weights perturbed
             raise RuntimeError("out of memory, say")
-        return L.classification_loss(model, batch)
+        return default_loss(model, batch)
 
     with pytest.raises(RuntimeError, match="out of memory"):
         L.loss_grid(m, make_batches(), steps=5, loss_fn=flaky_loss, progress=False)
@@ -311,7 +311,7 @@ def test_power_iteration_matches_the_full_hessian_of_a_tiny_bert(preset):
     W = dict(m.named_parameters())[name]
 
     def f(w):
-        return L.classification_loss(lambda *a, **k: functional_call(m, {name: w}, a, k), batch)
+        return default_loss(lambda *a, **k: functional_call(m, {name: w}, a, k), batch)
 
     H = flat_hessian(f, [W])
     top, ratio = dominant(torch.linalg.eigvals(H))
@@ -399,7 +399,7 @@ def test_hessian_eigenvalues_and_table():
 # --------------------------------------------------------------------------------------- figures
 def test_landscape_figure_has_three_labelled_surfaces():
     grids = L.landscapes(tiny_bert(), make_batches(), steps=3, progress=False)
-    fig = L.landscape_figure(grids)
+    fig = EL.landscape_figure(grids)
     assert [t.type for t in fig.data] == ["surface"] * 3
     assert "(L1 value)" in fig.layout.title.text and "(L2 value)" in fig.layout.title.text
     for k, scene in enumerate(["scene", "scene2", "scene3"]):
@@ -414,11 +414,11 @@ def test_landscape_figure_has_three_labelled_surfaces():
 def test_eigenvalue_figure():
     rows = [{"model": m, "module": t, "mean": -1.0 - i, "std": 0.1, "mean_abs": 1.0 + i, "std_abs": 0.2}
             for i, m in enumerate(["fp", "bin"]) for t in ("MHA-V", "MHA-O")]
-    fig = L.eigenvalue_figure(rows)
+    fig = EL.eigenvalue_figure(rows)
     assert [t.name for t in fig.data] == ["fp", "bin"] and list(fig.data[1].y) == [2.0, 2.0]
     assert list(fig.data[0].error_y.array) == [0.2, 0.2] and "|λ_max|" in fig.layout.yaxis.title.text
     assert fig.layout.title.text and fig.layout.xaxis.title.text == "module type"
-    signed = L.eigenvalue_figure(rows, magnitude=False)
+    signed = EL.eigenvalue_figure(rows, magnitude=False)
     assert list(signed.data[1].y) == [-2.0, -2.0] and "signed" in signed.layout.yaxis.title.text
 
 
@@ -426,7 +426,7 @@ def test_explorer_controls_redraw_the_surface():
     base = tiny_bert()
     models = {label: L.with_quant(base, preset) for label, preset in L.LANDSCAPE_MODELS.items()}
     batches = make_batches()
-    ui, fig, controls = L.make_landscape_explorer(models, batches, steps_options=(3, 5))
+    ui, fig, controls = EL.make_landscape_explorer(models, batches, steps_options=(3, 5))
     assert set(controls) == {"model", "module", "layers", "steps"}
     assert np.array(fig.data[0].z).shape == (5, 5)
     assert "full precision" in fig.layout.title.text
@@ -442,20 +442,20 @@ def test_explorer_controls_redraw_the_surface():
     controls["module"].value = "FFN out"
     assert fig.layout.scene.xaxis.title.text == "x: L2 FFN out"
     assert fig.layout.scene.yaxis.title.text == "y: L3 FFN out" and "(L3 FFN out)" in fig.layout.title.text
-    grid = L.explorer_grid(models, batches, "binary", "FFN out", (1, 2), 3)
+    grid = EL.explorer_grid(models, batches, "binary", "FFN out", (1, 2), 3)
     np.testing.assert_allclose(np.array(fig.data[0].z), grid.surface_z)
     assert ui.children[-1] is fig
 
 
 def test_explorer_needs_two_layers():
     with pytest.raises(ValueError, match="2 layers"):
-        L.make_landscape_explorer({"fp": tiny_bert(layers=1)}, make_batches())
+        EL.make_landscape_explorer({"fp": tiny_bert(layers=1)}, make_batches())
 
 
 # ------------------------------------------------------------------------------ the chapter's setup
 @pytest.fixture(scope="module")
 def tiny_setup():
-    return L.setup_sst2(fast=True, num_train=64, num_eval=16, train_steps=3, batch_size=16)
+    return EL.setup_sst2(fast=True, num_train=64, num_eval=16, train_steps=3, batch_size=16)
 
 
 def test_setup_fast_mode_trains_a_tiny_model_and_says_so(tiny_setup, monkeypatch):
@@ -467,19 +467,19 @@ def test_setup_fast_mode_trains_a_tiny_model_and_says_so(tiny_setup, monkeypatch
 
 
 def test_setup_falls_back_without_a_checkpoint_and_says_so(monkeypatch):
-    monkeypatch.delenv(L.SST2_MODEL_ENV, raising=False)
-    s = L.setup_sst2(fast=False, num_train=16, num_eval=8, train_steps=1, batch_size=8)
+    monkeypatch.delenv(EL.SST2_MODEL_ENV, raising=False)
+    s = EL.setup_sst2(fast=False, num_train=16, num_eval=8, train_steps=1, batch_size=8)
     assert s.source == "tiny" and "No fine-tuned SST-2 checkpoint" in s.description
-    assert L.SST2_MODEL_ENV in s.description
+    assert EL.SST2_MODEL_ENV in s.description
 
 
 def test_setup_loads_a_checkpoint_in_full_mode(tiny_setup, tmp_path, monkeypatch):
     from binlab.checkpoint import save_pretrained
 
     save_pretrained(L.with_quant(tiny_setup.model, "w1a8"), tmp_path, tokenizer=tiny_setup.tokenizer)
-    monkeypatch.setenv(L.SST2_MODEL_ENV, str(tmp_path))
+    monkeypatch.setenv(EL.SST2_MODEL_ENV, str(tmp_path))
     monkeypatch.setenv("BINLAB_GLUE_SOURCE", "synthetic")
-    s = L.setup_sst2(fast=False, num_eval=8, batch_size=8)
+    s = EL.setup_sst2(fast=False, num_eval=8, batch_size=8)
     assert s.source == "checkpoint" and str(tmp_path) in s.description
     assert s.model.config.quant == QuantConfig()  # the latent weights, read full precision
     loaded = s.model.state_dict()
@@ -487,7 +487,7 @@ def test_setup_loads_a_checkpoint_in_full_mode(tiny_setup, tmp_path, monkeypatch
         assert torch.equal(loaded[k], v), k
     run_dir = tmp_path / "run"  # what `binlab train` writes: the best checkpoint in best_model/
     save_pretrained(tiny_setup.model, run_dir / "best_model", tokenizer=tiny_setup.tokenizer)
-    s = L.setup_sst2(run_dir, fast=False, num_eval=8, batch_size=8)
+    s = EL.setup_sst2(run_dir, fast=False, num_eval=8, batch_size=8)
     assert s.source == "checkpoint" and "best_model" in s.description and "(model_dir)" in s.description
-    fast = L.setup_sst2(fast=True, num_train=16, num_eval=8, train_steps=1, batch_size=8)
+    fast = EL.setup_sst2(fast=True, num_train=16, num_eval=8, train_steps=1, batch_size=8)
     assert fast.source == "tiny" and "is set but ignored" in fast.description

@@ -1,4 +1,4 @@
-"""Tests for binlab.metrics: each metric against an independent formula or scipy, the per-task
+"""Tests for binlab.data.metrics: each metric against an independent formula or scipy, the per-task
 metric sets of methods.md §1, and the two GLUE averages against published table rows (§4.6)."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from binlab.glue import GLUE_TASKS, get_task
-from binlab.metrics import (
+from binlab.data.glue import GLUE_TASKS, get_task
+from binlab.data.metrics import (
     AVERAGE_KEYS,
     AVERAGE_TASKS,
     accuracy,

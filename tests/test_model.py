@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from binlab.model import BertConfig, BertForSequenceClassification, BertModel
-from binlab.qconfig import QuantConfig
-from binlab.qlayers import QuantEmbedding, QuantLinear
+from binlab.quant.config import QuantConfig
+from binlab.quant.layers import QuantEmbedding, QuantLinear
 
 PRESETS = ["fp", "w2a8", "w1a8", "w1a4", "w1a2", "w1a1", "bibert", "bit"]
 

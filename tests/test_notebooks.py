@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from binlab.book import ROOT, execute_notebook, find_notebooks
+from binlab.book import execute_notebook, find_notebooks
 
 NOTEBOOKS = find_notebooks()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import tomllib
 
-from binlab.book import ROOT
-
 import yaml
+
+from conftest import ROOT
 
 
 def _name(requirement: str) -> str:

@@ -8,17 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import close
 from torch import nn
 
-from binlab import quantizers as Q
-from binlab.qconfig import PRESETS, QuantConfig
-from binlab.qlayers import QuantEmbedding, QuantLinear, make_act_quantizer, make_weight_quantizer
-
-
-def close(a, b, tol=1e-6):
-    a = a.detach().double().numpy() if isinstance(a, torch.Tensor) else a
-    b = b.detach().double().numpy() if isinstance(b, torch.Tensor) else b
-    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+from binlab.quant import quantizers as Q
+from binlab.quant.config import PRESETS, QuantConfig
+from binlab.quant.layers import QuantEmbedding, QuantLinear, make_act_quantizer, make_weight_quantizer
 
 
 def sgn(a):

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import close
+from hypothesis import given, settings, strategies as st
 
-from binlab import quantizers as Q
+from binlab.quant import quantizers as Q
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -25,14 +25,6 @@ def grads(y, *inputs, g=None):
     if g is None:
         g = torch.arange(1, y.numel() + 1, dtype=y.dtype).reshape(y.shape)
     return torch.autograd.grad((y * g).sum(), inputs), g
-
-
-def _np(a):
-    return np.asarray(a.detach().double().numpy() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
-
-
-def close(a, b, tol=1e-6):
-    np.testing.assert_allclose(_np(a), _np(b), rtol=tol, atol=tol)
 
 
 # hypothesis strategies: small float32 vectors and matrices with "nice" ranges
@@ -603,7 +595,7 @@ def test_finite_checks_can_be_switched_off_and_come_back():
 def test_keep_inside_equals_the_boolean_mask_at_the_interval_ends(dtype, closed):
     """The one-pass STE mask (hardtanh_backward with the ends moved one float) must treat values exactly at,
     and one float beyond, the ends as the plain comparison does."""
-    from binlab.quantizers import _keep_inside
+    from binlab.quant.quantizers import _keep_inside
 
     lo, hi = -1.0, 2.0
     ends = torch.tensor([lo, hi], dtype=dtype)

@@ -1,4 +1,4 @@
-"""The BinaryBERT recipe (binlab.recipes, ``binlab train --recipe binarybert``) on a tiny model and synthetic
+"""The BinaryBERT recipe (binlab.methods.binarybert, ``binlab train --recipe binarybert``) on a tiny model and synthetic
 data: every stage runs and leaves its results, the split model scores what the ternary one scored, the
 baseline gets the same budget, regression gets a logit signal, and runs resume."""
 
@@ -12,27 +12,34 @@ import os
 import subprocess
 import sys
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
-from binlab import train_cli
-from binlab.qconfig import QuantConfig
-from binlab.recipes import (BinaryBertConfig, binary_quant, load_stage_model, read_summary, run_binarybert,
+from binlab.methods import finetune
+from binlab.methods.binarybert import (BinaryBertConfig, binary_quant, load_stage_model, run_binarybert,
                             stage_names, ternary_quant)
-from binlab.splitting import SplitQuantLinear
+from binlab.methods.pipeline import read_summary
+from binlab.methods.split_model import SplitQuantLinear
+from binlab.quant.config import QuantConfig
+from binlab.train.trainer import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAINER_STAGES = ("ternary_stage1", "ternary_stage2", "binary_stage1", "binary_stage2")
 
 
 def tiny_cfg(out, **kw) -> BinaryBertConfig:
+    """The recipe on the tiny model; keyword arguments are BinaryBertConfig or TrainConfig fields (teacher_lr and
+    teacher_epochs: TrainConfig's lr and epochs, the teacher's)."""
     base = dict(task="sst2", out=str(out), model="tiny", source="synthetic", max_train=32, max_eval=32,
                 batch_size=16, max_length=32, teacher_lr=1e-3, teacher_epochs=1, ternary_lr=1e-3, binary_lr=1e-3,
                 kd_epochs=1, eval_every=0, save_every=0, progress=False)
-    return BinaryBertConfig(**{**base, **kw})
+    kw = {**base, **kw}
+    kw["lr"], kw["epochs"] = kw.pop("teacher_lr"), kw.pop("teacher_epochs")
+    train = {k: kw.pop(k) for k in [f.name for f in fields(TrainConfig)] if k in kw}
+    return BinaryBertConfig(**kw, train=TrainConfig(**train))
 
 
 def run_quietly(cfg, resume=False) -> tuple[dict, str]:
@@ -77,7 +84,7 @@ def test_ffn_activation_can_be_overridden():
     with pytest.raises(ValueError, match="ffn_act"):
         BinaryBertConfig(task="sst2", out="x", ffn_act="tanh")
     parser = argparse.ArgumentParser()
-    train_cli.add_arguments(parser)
+    finetune.add_arguments(parser)
     assert parser.parse_args(["--task", "stsb", "--out", "x", "--recipe", "binarybert", "--act-bits", "4",
                               "--ffn-act", "gelu"]).ffn_act == "gelu"
 

@@ -1,4 +1,4 @@
-"""Ternary weight splitting (binlab.splitting): the formulas against an independent numpy reference, the
+"""Ternary weight splitting (binlab.methods.splitting): the formulas against an independent numpy reference, the
 conditions, the paper's printed coefficient, and the model surgery (the split binary model computes what the
 ternary model computed), on a tiny model and on the real MiniLM-L6 backbone."""
 
@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from binlab.model import BertConfig, BertForSequenceClassification
-from binlab.qconfig import QuantConfig
-from binlab.qlayers import QuantEmbedding, QuantLinear
-from binlab.quantizers import UniformQuantizer, bwn, twn
-from binlab.splitting import (SplitEmbedding, SplitQuantLinear, binary_quant_config, build_split_model,
-                              check_tws_conditions, prune_width, split_error, split_ternary_model, tws_split)
+from binlab.model import tiny_bert
+from binlab.quant.config import QuantConfig
+from binlab.quant.layers import QuantEmbedding, QuantLinear
+from binlab.quant.quantizers import UniformQuantizer, bwn, twn
+from binlab.methods.split_model import SplitEmbedding, SplitQuantLinear, binary_quant_config, build_split_model, split_ternary_model
+from binlab.methods.splitting import check_tws_conditions, split_error, tws_split
+from binlab.methods.width import prune_width
 
 FAST = settings(max_examples=30, deadline=None)
 W2A8 = QuantConfig.preset("w2a8")
@@ -206,10 +208,8 @@ def test_binary_config_keeps_the_activation_settings():
 
 
 def tiny(quant, **kw):
-    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                     max_position_embeddings=24, num_labels=3, quant=quant, **kw)
-    torch.manual_seed(6)
-    model = BertForSequenceClassification(cfg)
+    model = tiny_bert(3, quant, seed=6, vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=48, max_position_embeddings=24, **kw)
     with torch.no_grad():  # pretend training moved the biases, LayerNorms and clips away from their inits
         for name, p in model.named_parameters():
             if name.endswith("bias") or "LayerNorm" in name:
@@ -450,8 +450,8 @@ def test_pruning_equals_masking_the_dropped_heads_and_neurons():
 @needs_narrow_attention
 def test_gradient_importance_is_the_gate_derivative():
     """dL/dxi_h by finite differences: scale head h's context (its W_O columns) by 1 + eps."""
-    from binlab.splitting import width_importance
-    from binlab.trainer import default_loss
+    from binlab.methods.width import width_importance
+    from binlab.train.trainer import default_loss
 
     model = fp_tiny().double()
     ids, mask, types = batch()

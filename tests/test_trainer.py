@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
-from binlab.optim import BertAdam, param_groups, warmup_linear
-from binlab.trainer import atomic_write_text, load_tensors
+from binlab.files import atomic_write_text, load_tensors
+from binlab.train.optim import BertAdam, param_groups, warmup_linear
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _train_cmd(out, *extra):
@@ -125,10 +125,10 @@ def test_bertadam_matches_its_formula():
 
 
 def test_param_groups_split_decay_and_quantizer_scales():
-    from binlab.qconfig import QuantConfig
-    from binlab.train_cli import tiny_model
+    from binlab.quant.config import QuantConfig
+    from binlab.model import tiny_bert
 
-    model = tiny_model(2, QuantConfig.preset("w1a4"), seed=0)
+    model = tiny_bert(2, QuantConfig.preset("w1a4"), seed=0)
     x = torch.randint(0, 30522, (2, 8))
     model(x)  # LSQ steps initialise on first use
     groups = {g["name"]: g for g in param_groups(model, lr=1e-3, weight_decay=0.01, clip_lr=1e-4)}

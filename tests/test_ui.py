@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ui_helpers import BUILD, ROOT, LabServer, launch_chromium, tail
 
 pytestmark = pytest.mark.ui

@@ -1,4 +1,4 @@
-"""binlab.viz (shared helpers) and binlab.explorers.bits (chapter 1's figures and the XNOR explorer),
+"""binlab.explorers.viz (shared helpers) and binlab.explorers.bits (chapter 1's figures and the XNOR explorer),
 driven from Python: set a control's value, read the figure's data. No browser needed."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from binlab import costs, kernels, viz
-from binlab.explorers import bits
+from binlab.analysis import costs
+from binlab.explorers import bits, viz
+from binlab.kernels import packing, products
 from binlab.model import BertConfig
 
 # ----------------------------------------------------------------------------------------------
@@ -20,10 +20,10 @@ from binlab.model import BertConfig
 
 
 def test_show_source_is_the_library_code():
-    code = viz.show_source(kernels.xnor_dot_reference)
+    code = viz.show_source(products.xnor_dot_reference)
     assert "def xnor_dot_reference" in code.data
     assert "k - 2 * differ" in code.data
-    assert "def words_for" in viz.source_of(kernels.words_for)
+    assert "def words_for" in viz.source_of(packing.words_for)
     with pytest.raises(TypeError):
         viz.source_of(len)
 
@@ -163,7 +163,7 @@ def test_xnor_state_dot_products_agree(pairs):
     assert s["popcount"] == int(np.sum(a != b))
     assert list(s["xor_bits"]) == list((a != b).astype(int))
     assert list(s["a_bits"]) == list((a > 0).astype(int))
-    assert s["dot"] == kernels.xnor_dot_reference(s["a_words"], s["b_words"], len(a))
+    assert s["dot"] == products.xnor_dot_reference(s["a_words"], s["b_words"], len(a))
     assert s["agree"] + s["popcount"] == len(a)
 
 
@@ -173,7 +173,7 @@ def test_xnor_state_dot_products_agree(pairs):
 
 def test_word_bits_and_rows_for_k_70():
     x = torch.randn(70, generator=torch.Generator().manual_seed(1))
-    words = kernels.pack_signs(x)
+    words = packing.pack_signs(x)
     wb = bits.word_bits(words, 70)
     assert wb.shape == (2, 64)
     assert (wb[1, 6:] == -1).all() and (wb[1, :6] >= 0).all() and (wb[0] >= 0).all()
@@ -183,7 +183,7 @@ def test_word_bits_and_rows_for_k_70():
     assert [r["elements"] for r in rows] == ["0..63", "64..69"]
     assert sum(r["1-bits"] for r in rows) == int((x >= 0).sum())
     assert int(rows[1]["hex"], 16) == int(words[1])
-    assert torch.equal(kernels.unpack_signs(words, 70), torch.where(x >= 0, 1.0, -1.0))
+    assert torch.equal(packing.unpack_signs(words, 70), torch.where(x >= 0, 1.0, -1.0))
 
 
 def test_packing_figure():

@@ -10,7 +10,8 @@ Everything here is isolated from the user's own Jupyter setup:
   always searches (``sys.prefix``), whatever ``JUPYTER_DATA_DIR`` says;
 * the notebooks are *copies* in that temporary folder, and autosave is off as well, so an executed
   notebook is never written back into ``book/`` with its outputs. ``binlab`` is imported from the
-  checkout through the venv's editable install;
+  checkout through the venv's editable install, and ``BINLAB_ROOT`` points the chapters at the checkout's
+  ``docs/`` and ``runs/``;
 * the kernel runs with ``BINLAB_FAST=1``.
 
 Chromium is Debian's ``/usr/bin/chromium`` (``make test-ui`` installs it); Playwright never
@@ -126,6 +127,7 @@ class LabServer:
             IPYTHONDIR=str(dirs["ipython"]),
             JUPYTER_PREFER_ENV_PATH="1",
             BINLAB_FAST="1",
+            BINLAB_ROOT=str(ROOT),  # the copies' docs/ and runs/ are the checkout's
             PYTHONUNBUFFERED="1",
             PYDEVD_DISABLE_FILE_VALIDATION="1",
         )

@@ -1,6 +1,6 @@
 """Interactive figures and chapter figures, one module per chapter topic.
 
-Each explorer is ``make_xxx_explorer(...) -> (ui, fig, controls)`` (see :mod:`binlab.viz`): the
+Each explorer is ``make_xxx_explorer(...) -> (ui, fig, controls)`` (see :mod:`binlab.explorers.viz`): the
 callback logic lives here, so the tests drive it from Python and the notebooks only display ``ui``.
 
     bits    chapter 1: costs of BERT at FP32 and 1 bit, the XNOR-popcount explorer, packing, speed

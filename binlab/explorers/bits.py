@@ -1,16 +1,16 @@
 """Chapter 1's figures: what binarizing saves, the XNOR-popcount dot product, packing, and speed.
 
-    cost_figure(configs, seq_len)          memory (MiB) and FLOPs of BERT configs, from binlab.costs
+    cost_figure(configs, seq_len)          memory (MiB) and FLOPs of BERT configs, from binlab.analysis.costs
     cost_rows(configs, seq_len)            the same numbers as table rows
     xnor_state(a, b)                       every quantity of the +-1 dot product of a and b
     make_xnor_explorer(n_bits, seed)       toggle the bits of a and b, watch XOR, popcount, a.b
     packing_figure(x)                      how pack_signs lays a vector's signs into uint64 words
     word_rows(words, k)                    the words as table rows (hex, ones, padding)
-    measure_speedups(shapes, rounds)       binlab's GEMM against torch fp32, timed by binlab.bench
+    measure_speedups(shapes, rounds)       binlab's GEMM against torch fp32, timed by binlab.kernels.bench
     recorded_speedups(path)                the same ratios from the table in docs/benchmarks.md
     speedup_figure(measured, recorded)     both as grouped bars
 
-Everything is computed by the library (binlab.costs, binlab.kernels, binlab.bench); the figures
+Everything is computed by the library (binlab.analysis.costs, binlab.kernels, binlab.kernels.bench); the figures
 only draw it. Colours: a sign of +1 (bit 1) is blue, -1 (bit 0) orange, a differing bit red (the
 toggle buttons use ipywidgets' "primary" and "warning" styles, JupyterLab's blue and orange).
 """
@@ -19,13 +19,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ipywidgets as widgets
 import numpy as np
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
-from binlab import costs, kernels
+from binlab.analysis import costs
+from binlab.explorers.viz import markdown_section, parse_markdown_table, parse_number
+from binlab.kernels import bench, packing, products
+from binlab.settings import project_root
 
 PLUS, MINUS, DIFFER, SAME, PADDING = "#1976d2", "#f57c00", "#d32f2f", "#eceff1", "#b0bec5"
-BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 MINUS_SIGN = "\u2212"
 
 
@@ -51,8 +56,6 @@ def cost_figure(configs, seq_len: int = 128):
     """Two bar charts side by side: model size (MiB, log scale: the quantized groups and the groups
     kept in FP32 side by side, the total on top) and GFLOPs at ``seq_len`` tokens, for each config
     (labelled by its ``quant.label``)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     rows = cost_rows(configs, seq_len)
     labels = [r["label"] for r in rows]
@@ -102,32 +105,32 @@ def xnor_state(a, b) -> dict:
     """Every quantity of the dot product of two +-1 vectors, computed the way the kernels do.
 
     Returns a dict with ``k``, the words (``a_words``, ``b_words``, ``xor_words``, from
-    :func:`binlab.kernels.pack_signs`), the bits (``a_bits``, ``b_bits``, ``xor_bits``: 0/1 arrays),
+    :func:`binlab.kernels.packing.pack_signs`), the bits (``a_bits``, ``b_bits``, ``xor_bits``: 0/1 arrays),
     ``products`` (a_k b_k), ``popcount`` (d = 1-bits of a XOR b), ``agree`` (K - d), ``dot``
     (K - 2 d), ``dot_float`` (sum a_k b_k in floating point) and ``dot_kernel``
-    (:func:`binlab.kernels.xnor_gemm` on the packed words). All three dots are equal.
+    (:func:`binlab.kernels.products.xnor_gemm` on the packed words). All three dots are equal.
     """
     a, b = _as_signs("a", a), _as_signs("b", b)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same length, got {a.size} and {b.size}")
     k = a.size
-    a_words = kernels.pack_signs(torch.from_numpy(a))
-    b_words = kernels.pack_signs(torch.from_numpy(b))
+    a_words = packing.pack_signs(torch.from_numpy(a))
+    b_words = packing.pack_signs(torch.from_numpy(b))
     xor_words = a_words ^ b_words  # padding bits: 0 ^ 0 = 0
     d = int(np.bitwise_count(xor_words).sum())
     return {
         "k": k,
         "a": a, "b": b,
         "a_words": a_words, "b_words": b_words, "xor_words": xor_words,
-        "a_bits": kernels.unpack_bits01(a_words, k).numpy().astype(int),
-        "b_bits": kernels.unpack_bits01(b_words, k).numpy().astype(int),
-        "xor_bits": kernels.unpack_bits01(xor_words, k).numpy().astype(int),
+        "a_bits": packing.unpack_bits01(a_words, k).numpy().astype(int),
+        "b_bits": packing.unpack_bits01(b_words, k).numpy().astype(int),
+        "xor_bits": packing.unpack_bits01(xor_words, k).numpy().astype(int),
         "products": a * b,
         "popcount": d,
         "agree": k - d,
         "dot": k - 2 * d,
         "dot_float": int(np.dot(a, b)),
-        "dot_kernel": int(kernels.xnor_gemm(a_words[None], b_words[None], k)[0, 0]),
+        "dot_kernel": int(products.xnor_gemm(a_words[None], b_words[None], k)[0, 0]),
     }
 
 
@@ -150,7 +153,7 @@ def _explorer_traces(st: dict) -> dict:
         "bars_text": [str(st["agree"]), str(st["popcount"]), str(st["dot"])],
         "title": eq,
         "readout": (f"<b>{eq}</b><br>check: Σ a<sub>k</sub>b<sub>k</sub> in floating point "
-                    f"= {st['dot_float']}; kernels.xnor_gemm = {st['dot_kernel']} &nbsp;·&nbsp; "
+                    f"= {st['dot_float']}; products.xnor_gemm = {st['dot_kernel']} &nbsp;·&nbsp; "
                     f"words: a = 0x{int(st['a_words'][0]):x}, b = 0x{int(st['b_words'][0]):x}, "
                     f"a XOR b = 0x{int(st['xor_words'][0]):x}"),
     }
@@ -171,9 +174,6 @@ def make_xnor_explorer(n_bits: int = 12, seed: int = 0, a=None, b=None):
         ``"a"`` and ``"b"`` (lists of ``ipywidgets.ToggleButton``, value True = +1) and
         ``"readout"`` (the ``ipywidgets.HTML`` text line).
     """
-    import ipywidgets as widgets
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     if a is None or b is None:
         if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 1 <= n_bits <= 64:
@@ -293,12 +293,11 @@ def word_rows(words: np.ndarray, k: int) -> list[dict]:
 def packing_figure(x: torch.Tensor):
     """A heatmap of ``pack_signs(x)`` for a 1-D ``x``: one row per uint64 word, one column per bit
     (bit 0, the least significant, on the left); padding bits grey."""
-    import plotly.graph_objects as go
 
     if not isinstance(x, torch.Tensor) or x.ndim != 1:
         raise ValueError("packing_figure expects a 1-D torch tensor")
     k = x.shape[0]
-    words = kernels.pack_signs(x)
+    words = packing.pack_signs(x)
     bits = word_bits(words, k)
     n_words = bits.shape[0]
     element = np.arange(n_words)[:, None] * 64 + np.arange(64)[None, :]
@@ -333,14 +332,13 @@ def shape_label(m: int, k: int, n: int) -> str:
 
 def measure_speedups(shapes, rounds: int = 5, retries: int = 0, max_foreign: float = 0.15) -> list[dict]:
     """Time ``torch.matmul`` (fp32) against binlab on linear shapes ``(M, K, N)``, with
-    :mod:`binlab.bench`'s machinery (methods interleaved in rounds, medians, paired ratios).
+    :mod:`binlab.kernels.bench`'s machinery (methods interleaved in rounds, medians, paired ratios).
 
     Returns one dict per shape: ``label``, ``m``, ``k``, ``n``, median times in microseconds
     (``fp32_us``, ``prepacked_us``: ``xnor_gemm`` on prepacked operands, ``linear_us``:
     ``BinaryLinear`` on the float input, packing included), the ratios ``x_prepacked`` and
     ``x_linear`` (torch time / binlab time) and ``quiet`` (False when other processes disturbed it).
     """
-    from binlab import bench
 
     rows = []
     for m, k, n in shapes:
@@ -355,11 +353,14 @@ def measure_speedups(shapes, rounds: int = 5, retries: int = 0, max_foreign: flo
     return rows
 
 
-def recorded_speedups(path: str | Path = BENCHMARKS_MD) -> dict[str, dict]:
-    """The ratios of the results table in ``docs/benchmarks.md``, by shape label:
-    ``{"linear M=128 K=768 N=768": {"x_prepacked": 11.4, "x_linear": 7.4, ...}}``."""
-    from binlab.viz import markdown_section, parse_markdown_table, parse_number
-
+def recorded_speedups(path: str | Path | None = None) -> dict[str, dict]:
+    """The ratios of the results table in ``docs/benchmarks.md`` (default: the one of
+    :func:`binlab.settings.project_root`), by shape label:
+    ``{"linear M=128 K=768 N=768": {"x_prepacked": 11.4, "x_linear": 7.4, ...}}``; empty when there is no such
+    file (an installed binlab outside its checkout: the chapter then shows this machine's numbers alone)."""
+    path = Path(project_root() / "docs" / "benchmarks.md" if path is None else path)
+    if not path.is_file():
+        return {}
     table = parse_markdown_table(markdown_section(Path(path), "Results"))
     out = {}
     for row in table:
@@ -377,7 +378,6 @@ def speedup_figure(measured: list[dict], recorded: dict[str, dict] | None = None
     """Grouped bars per shape: the ratios measured now (prepacked, with packing) and, where the
     shape is in ``recorded``, the prepacked ratio of docs/benchmarks.md. A shape that other
     processes disturbed while it was timed (``quiet`` False) is labelled "(CPU shared)"."""
-    import plotly.graph_objects as go
 
     labels = [r["label"].replace("linear ", "") + ("" if r["quiet"] else " (CPU shared)")
               for r in measured]

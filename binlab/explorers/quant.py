@@ -1,8 +1,7 @@
 """Chapter 2 (quantizers and the straight-through estimator): analysis functions and interactive figures.
 
-Everything the chapter computes goes through the real quantizers of :mod:`binlab.quantizers` (built by
-name with :func:`binlab.quantizers.get`); nothing here redraws a formula by hand::
-
+Everything the chapter computes goes through the real quantizers of :mod:`binlab.quant.quantizers` (built by
+name with :func:`binlab.quant.quantizers.get`); nothing here redraws a formula by hand::
     transfer_curve(name, x, ...)           q(x) and the straight-through gradient, by autograd
     symmetric_grid(R)                      the inputs -R..R the transfer curves use (0 exactly)
     load_weight_sample()                   a real weight matrix: the pretrained MiniLM's, else a random init
@@ -24,12 +23,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import ipywidgets as W
 import numpy as np
+import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
+from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
-from binlab import quantizers as Q
+from binlab.checkpoint import hf_to_binlab_key, load_state_dict, resolve_model_dir
+from binlab.quant import quantizers as Q
 
 __all__ = [
     "QUANTIZER_PARAMS", "MIN_BITS", "build_quantizer", "quantize", "transfer_curve", "symmetric_grid",
@@ -43,28 +46,14 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 # building a quantizer from the registry with the knobs a reader can turn
 
-#: Which knobs each registry quantizer takes: ``bits`` (k), ``clip`` (PACT clip c, or the STE window of
-#: ste_sign), ``scale`` (the step s of LSQ / alpha of BiT, learned in training, set by hand here),
-#: ``zero_to_one`` / ``strict_window`` (ste_bool's two code-vs-paper switches).
-QUANTIZER_PARAMS: dict[str, tuple[str, ...]] = {
-    "ste_sign": ("clip",),
-    "ste_sign_identity": (),
-    "ste_bool": ("zero_to_one", "strict_window"),
-    "bwn": (),
-    "bwn_bit": (),
-    "bwn_bibert": (),
-    "twn": (),
-    "uniform_sym": ("bits", "clip"),
-    "uniform_asym": ("bits", "clip"),
-    "lsq_sym": ("bits", "scale"),
-    "lsq_asym": ("bits", "scale"),
-    "elastic_signed": ("bits", "scale"),
-    "elastic_unsigned": ("bits", "scale"),
-}
+#: Which knobs each registry quantizer takes (declared where the quantizer registers itself, see
+#: :func:`binlab.quant.quantizers.register`): ``bits`` (k), ``clip`` (PACT clip c, or the STE window of ste_sign),
+#: ``scale`` (the step s of LSQ / alpha of BiT, learned in training, set by hand here), ``zero_to_one`` /
+#: ``strict_window`` (ste_bool's two code-vs-paper switches).
+QUANTIZER_PARAMS: dict[str, tuple[str, ...]] = {name: Q.knobs(name) for name in Q.registered()}
 
 #: The smallest k each multi-bit quantizer accepts (the others are 1-bit or ternary by construction).
-MIN_BITS = {"uniform_sym": 2, "uniform_asym": 2, "lsq_sym": 2, "lsq_asym": 1,
-            "elastic_signed": 1, "elastic_unsigned": 1}
+MIN_BITS: dict[str, int] = {name: Q.min_bits(name) for name in Q.registered() if Q.min_bits(name) is not None}
 
 
 def _check_name(name: str) -> None:
@@ -160,9 +149,6 @@ def make_transfer_explorer(name: str = "ste_sign", x_range: float = 3.0, num_poi
     ``quantizer`` (Dropdown), ``bits``, ``clip``, ``scale``, ``x_range`` (sliders), ``zero_to_one``,
     ``strict_window`` (Checkboxes). Knobs the chosen quantizer does not take are disabled.
     """
-    import ipywidgets as W
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     _check_name(name)
     controls = {
@@ -245,14 +231,11 @@ def load_weight_sample(key: str = DEFAULT_WEIGHT, pretrained: bool = True, seed:
     skips the checkpoint. The fallback has the same shape (384 x 384 for the default key) and PyTorch's default
     init (Kaiming-uniform), seeded; ``source`` says why the checkpoint was not used.
     """
-    from binlab.checkpoint import hf_to_binlab_key
 
     name = hf_to_binlab_key(key)
     shape, reason = (384, 384), "pretrained=False was asked for"
     if pretrained:
         try:
-            from binlab.checkpoint import load_state_dict, resolve_model_dir
-
             model_dir = resolve_model_dir(None)
             state = load_state_dict(model_dir)
             if key not in state:
@@ -300,8 +283,6 @@ def make_histogram_explorer(sample: WeightSample | None = None, num_bins: int = 
     error ``||W - Q(W)||^2 / ||W||^2``. Returns ``(ui, fig, controls)``; controls: ``quantizer`` (Dropdown of
     :data:`HISTOGRAM_QUANTIZERS`), ``bits`` (IntSlider, for the k-bit ones), ``log_y`` (Checkbox).
     """
-    import ipywidgets as W
-    import plotly.graph_objects as go
 
     sample = sample if sample is not None else load_weight_sample()
     w = sample.weight
@@ -379,7 +360,6 @@ def error_vs_bits(w: Tensor, bits: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, 
 def error_vs_bits_figure(errors: dict[str, list[float | None]], bits: tuple[int, ...] = (1, 2, 4, 8),
                          title: str = "Reconstruction error against bit-width, same tensor"):
     """Lines of :func:`error_vs_bits` (log error axis, bits on a log2 axis)."""
-    import plotly.graph_objects as go
 
     fig = go.FigureWidget()
     for label, row in errors.items():
@@ -412,10 +392,8 @@ def make_alpha_explorer(sample: WeightSample | None = None, num_alphas: int = 30
     """A slider over alpha; the error ``mean((W - alpha sign W)^2)`` with markers at alpha and at mean|W|.
 
     The grid runs from 0 to 3 mean|W|. Returns ``(ui, fig, controls)``; controls: ``alpha`` (FloatSlider).
-    ``fig.data``: 0 the error curve, 1 the current alpha, 2 mean|W| (BWN's alpha, from :func:`binlab.quantizers.bwn`).
+    ``fig.data``: 0 the error curve, 1 the current alpha, 2 mean|W| (BWN's alpha, from :func:`binlab.quant.quantizers.bwn`).
     """
-    import ipywidgets as W
-    import plotly.graph_objects as go
 
     sample = sample if sample is not None else load_weight_sample()
     w = sample.weight
@@ -468,7 +446,7 @@ def toy_task(num_points: int = 512, input_scale: float = 4.0, seed: int = 0) -> 
 
 
 class BinaryMLP(nn.Module):
-    """2 -> h -> h -> h -> 2 with sign activations (:func:`binlab.quantizers.ste_sign`) after the first three
+    """2 -> h -> h -> h -> 2 with sign activations (:func:`binlab.quant.quantizers.ste_sign`) after the first three
     layers and BWN-binarized weights in the two hidden ones::
 
         h0 = sign(W_in x + b)                 full-precision first layer (it sees the raw inputs)
@@ -551,8 +529,6 @@ def compare_ste(num_steps: int = 150, **kwargs) -> dict[str, ToyRun]:
 def ste_comparison_figure(runs: dict[str, ToyRun]):
     """Two panels: the training loss of each run, and the fraction of first-layer pre-activations inside the
     STE window, against the training step."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     colors = {"clipped": "royalblue", "identity": "firebrick"}
     fig = go.FigureWidget(make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(

@@ -1,8 +1,8 @@
 """Chapter 4 (ternary weight splitting): the split walked through on a small matrix, the paper's printed
 coefficient measured on real weights, landscapes before and after splitting, and a tiny split-vs-direct run.
 
-Everything is computed by the library: the split by :func:`binlab.splitting.tws_split`, the quantizers by
-:mod:`binlab.quantizers`, the landscapes by :mod:`binlab.landscape`, the training by :mod:`binlab.recipes`::
+Everything is computed by the library: the split by :func:`binlab.methods.splitting.tws_split`, the quantizers by
+:mod:`binlab.quant.quantizers`, the landscapes by :mod:`binlab.analysis.landscape`, the training by :mod:`binlab.methods.binarybert`::
 
     example_weight(seed, skew, shape)       a small Gaussian matrix, shifted by ``skew`` (then S_J != S_K)
     tws_walkthrough(w, a_formula)            the sets I, J, K, the sums, a, b, the halves and both equivalences
@@ -18,26 +18,41 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ipywidgets as W
 import numpy as np
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 from torch import Tensor
 
-from binlab.quantizers import bwn, twn
-from binlab.splitting import tws_a, tws_a_as_printed, tws_b, tws_split
+from binlab.analysis import landscape as L
+from binlab.checkpoint import load_pretrained, save_pretrained
+from binlab.data.glue import batches as glue_batches, load_glue
+from binlab.explorers.viz import markdown_section
+from binlab.methods.binarybert import BinaryBertConfig, load_stage_model, run_binarybert
+from binlab.methods.split_model import binary_quant_config, split_ternary_model
+from binlab.methods.splitting import tws_a, tws_a_as_printed, tws_b, tws_split
+from binlab.model import BertConfig, BertForSequenceClassification, tiny_bert
+from binlab.quant.layers import QuantLinear
+from binlab.quant.quantizers import bwn, twn
+from binlab.settings import fast_mode, project_root
+from binlab.tokenizer import load_tokenizer
+from binlab.train.trainer import TrainConfig
 
 __all__ = [
     "TWS_STEPS", "A_FORMULA_LABELS", "example_weight", "Walkthrough", "tws_walkthrough", "make_split_explorer",
     "TENSOR_TYPES", "load_backbone", "split_error_rows", "split_error_figure",
     "LANDSCAPE_LABELS", "split_landscapes",
     "TINY_SETTINGS", "tiny_teacher_init", "Comparison", "compare_split_vs_direct", "comparison_figure",
-    "RESULTS_MD", "recorded_results", "find_recipe_runs",
+    "results_md", "recorded_results", "find_recipe_runs",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------------------------------------
 # the split of one small matrix, step by step
@@ -83,7 +98,7 @@ class Walkthrough:
     a: float
     b: float
     a_formula: str
-    w1: Tensor  # the latent halves (binlab.splitting.tws_split)
+    w1: Tensor  # the latent halves (binlab.methods.splitting.tws_split)
     w2: Tensor
     q1: Tensor  # BWN(W1), BWN(W2)
     q2: Tensor
@@ -101,7 +116,7 @@ class Walkthrough:
 
 
 def tws_walkthrough(w: Tensor, a_formula: str = "code") -> Walkthrough:
-    """The split of ``w`` (per tensor) by :func:`binlab.splitting.tws_split`, with the sets, sums and scales that
+    """The split of ``w`` (per tensor) by :func:`binlab.methods.splitting.tws_split`, with the sets, sums and scales that
     explain it. Raises ``ValueError`` when the split cannot be exact (see ``check_tws_conditions``)."""
     w = w.detach().double()
     w1, w2 = tws_split(w, per_row=False, a_formula=a_formula)
@@ -197,9 +212,6 @@ def make_split_explorer(shape: tuple[int, int] = (6, 10), seed: int = 0, skew: f
     printed one), ``seed`` and ``skew`` (the matrix, :func:`example_weight`); ``info`` is the HTML text with
     this matrix's numbers. Entries not yet defined at a step are left blank (gaps: None in the widget).
     """
-    import ipywidgets as W
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     controls = {
         "step": W.ToggleButtons(options=[(label, key) for key, label in TWS_STEPS], value="W", description="step",
@@ -275,13 +287,10 @@ TENSOR_TYPES: dict[str, str] = {
 def load_backbone(pretrained: bool = True):
     """``(model, description)``: the pretrained MiniLM-L6 (full precision) if installed, else a random BERT of
     its shape (6 layers, hidden 384), and a sentence saying which."""
-    from binlab.model import BertConfig, BertForSequenceClassification
 
     reason = "pretrained=False was asked for"
     if pretrained:
         try:
-            from binlab.checkpoint import load_pretrained
-
             model = load_pretrained(None, quant="fp", verbose=False)
             return model, ("the pretrained all-MiniLM-L6-v2 (6 layers, hidden 384), its latent weights as a "
                            "ternary model would start")
@@ -319,7 +328,6 @@ def split_error_rows(model, embedding: bool = True, embedding_rows: int | None =
 
     ``embedding_rows``: split only the first rows of the word embedding (each row is split on its own, so
     they are a fair sample; the whole 30k-row table takes seconds)."""
-    from binlab.qlayers import QuantLinear
 
     named = dict(model.named_modules())
     rows = []
@@ -349,7 +357,6 @@ def split_error_rows(model, embedding: bool = True, embedding_rows: int | None =
 
 def split_error_figure(rows: list[dict], title: str | None = None):
     """Bars (log scale) of the worst quantized split error per tensor type, code's a vs printed a, with α_t."""
-    import plotly.graph_objects as go
 
     x = [r["tensor type"] for r in rows]
     fig = go.FigureWidget()
@@ -374,20 +381,18 @@ LANDSCAPE_LABELS = ("ternary (before splitting)", "split binary (after splitting
 
 def split_landscapes(ternary, batches, layers: tuple[int, int] = (0, 1), module: str = "value", steps: int = 7,
                      span: float = 1.0, split=None, progress: bool = False) -> dict:
-    """Loss surfaces (:func:`binlab.landscape.loss_grid`) around a trained ternary model, its split and its
+    """Loss surfaces (:func:`binlab.analysis.landscape.loss_grid`) around a trained ternary model, its split and its
     plain binarization.
 
     * ternary: the latent W of ``module`` in Transformer layers ``layers`` (x, y), moved by x·mean|W|·1;
-    * split binary (``split``, default :func:`binlab.splitting.split_ternary_model` of ``ternary``): the first
+    * split binary (``split``, default :func:`binlab.methods.split_model.split_ternary_model` of ``ternary``): the first
       latent half W₁ (``dense_1``) of the same two weights, moved by x·mean|W₁|·1;
     * binarized without splitting: BWN of the ternary model's latent weights (same activations), moved like
       the ternary one.
 
     At the centre the split model's loss is the ternary model's (the split is exact); the plain binarization
-    starts elsewhere. Returns ``{label: LossGrid}`` for :func:`binlab.landscape.landscape_figure`.
+    starts elsewhere. Returns ``{label: LossGrid}`` for :func:`binlab.explorers.landscape.landscape_figure`.
     """
-    from binlab import landscape as L
-    from binlab.splitting import binary_quant_config, split_ternary_model
 
     split = split_ternary_model(ternary) if split is None else split
     direct = L.with_quant(ternary, binary_quant_config(ternary.config.quant))
@@ -418,17 +423,12 @@ def tiny_teacher_init(folder: str | Path, seed: int) -> Path:
     Its weights are drawn with std 0.1 instead of BERT's 0.02: from 0.02 this tiny model sits on a loss plateau
     for a seed-dependent number of steps (some seeds never leave it in a few hundred steps), and a comparison
     of students needs a teacher that has learned the task."""
-    from binlab.checkpoint import save_pretrained
-    from binlab.model import BertConfig, BertForSequenceClassification
-    from binlab.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BertForSequenceClassification(BertConfig(
-            vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, num_labels=2, initializer_range=0.1))
+        model = tiny_bert(2, seed=seed, vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, dropout=0.0,
+                          initializer_range=0.1)
     return save_pretrained(model, folder, tokenizer=tok)
 
 
@@ -454,7 +454,6 @@ class Comparison:
 
 def _teacher_agreement(out: Path, stage: str, teacher, batches) -> tuple[float, float]:
     """(fraction of dev predictions equal to the teacher's, mean squared logit distance to the teacher)."""
-    from binlab.recipes import load_stage_model
 
     model = load_stage_model(out, stage)
     agree = total = 0
@@ -475,30 +474,23 @@ def compare_split_vs_direct(workdir: str | Path, seeds=(0,), act_bits: int = 8, 
     budget, on synthetic SST-2 with a tiny BERT, once per seed.
 
     Per seed: a tiny teacher (:func:`tiny_teacher_init`) is fine-tuned by the recipe's teacher stage, then the
-    same teacher is distilled by :func:`binlab.recipes.run_binarybert` with ``split=True`` and with
+    same teacher is distilled by :func:`binlab.methods.binarybert.run_binarybert` with ``split=True`` and with
     ``split=False``. The row holds the dev accuracy of the teacher, of each pipeline after its first phase
     (ternary vs binary), right after the split, and at the end, plus the final models' agreement with the
     teacher's dev predictions and mean squared logit distance to it. ``overrides`` replace entries of
     :data:`TINY_SETTINGS`. ``quiet`` swallows the runs' printing (and the synthetic-data warnings).
     """
-    import warnings
 
-    from binlab.checkpoint import load_pretrained
-    from binlab.glue import batches as glue_batches
-    from binlab.glue import load_glue
-    from binlab.recipes import BinaryBertConfig, run_binarybert
-    from binlab.settings import fast_mode
-    from binlab.tokenizer import load_tokenizer
 
     fast = fast_mode() if fast is None else bool(fast)
     s = {**TINY_SETTINGS["fast" if fast else "full"], **overrides}
     workdir = Path(workdir)
     rows, runs = [], {}
     for seed in seeds:
-        base = dict(task="sst2", source="synthetic", max_train=s["max_train"], max_eval=s["max_eval"], batch_size=16,
-                    max_length=32, teacher_lr=s["teacher_lr"], teacher_epochs=s["teacher_epochs"],
-                    ternary_lr=s["lr"], binary_lr=s["lr"], kd_epochs=s["kd_epochs"], eval_every=0, seed=seed,
-                    act_bits=act_bits, progress=False)
+        train = TrainConfig(lr=s["teacher_lr"], epochs=s["teacher_epochs"], batch_size=16, max_length=32,
+                            eval_every=0, seed=seed, progress=False)
+        base = dict(task="sst2", source="synthetic", max_train=s["max_train"], max_eval=s["max_eval"], train=train,
+                    ternary_lr=s["lr"], binary_lr=s["lr"], kd_epochs=s["kd_epochs"], act_bits=act_bits)
         split_dir, direct_dir = workdir / f"seed{seed}" / "split", workdir / f"seed{seed}" / "direct"
         init = tiny_teacher_init(workdir / f"seed{seed}" / "init", seed)
         with contextlib.ExitStack() as stack:
@@ -530,7 +522,6 @@ def compare_split_vs_direct(workdir: str | Path, seeds=(0,), act_bits: int = 8, 
 
 def comparison_figure(comparison: Comparison, title: str | None = None):
     """Grouped bars per seed: teacher, the two pipelines after phase 1, right after the split, and final."""
-    import plotly.graph_objects as go
 
     keys = ("teacher", "phase 1 direct (binary)", "phase 1 split (ternary)", "right after split", "final direct",
             "final split")
@@ -549,14 +540,16 @@ def comparison_figure(comparison: Comparison, title: str | None = None):
 # ----------------------------------------------------------------------------------------------------------
 # recorded real-data results
 
-RESULTS_MD = ROOT / "docs" / "results.md"
+def results_md() -> Path:
+    """``docs/results.md`` of the checkout the book runs in (:func:`binlab.settings.project_root`)."""
+    return project_root() / "docs" / "results.md"
 
 
-def recorded_results(path: str | Path = RESULTS_MD) -> str | None:
-    """The BinaryBERT part of ``docs/results.md``: every section whose heading mentions BinaryBERT, each under
-    its heading. ``None`` when the file does not exist or has no such section (not measured on real data yet)."""
-    from binlab.viz import markdown_section
-
+def recorded_results(path: str | Path | None = None) -> str | None:
+    """The BinaryBERT part of ``docs/results.md`` (default: :func:`results_md`): every section whose heading
+    mentions BinaryBERT, each under its heading. ``None`` when the file does not exist or has no such section
+    (not measured on real data yet)."""
+    path = results_md() if path is None else path
     path = Path(path)
     if not path.is_file():
         return None
@@ -568,11 +561,11 @@ def recorded_results(path: str | Path = RESULTS_MD) -> str | None:
     return "\n\n".join(f"### {h}\n\n{markdown_section(text, h)}" for h in picked)
 
 
-def find_recipe_runs(root: str | Path = ROOT / "runs") -> list[dict]:
-    """The ``summary.json`` of every ``binlab train --recipe binarybert`` run under ``root`` (sorted by folder),
-    each with ``"folder"`` added. Unreadable or foreign summaries are skipped."""
-    import json
-
+def find_recipe_runs(root: str | Path | None = None) -> list[dict]:
+    """The ``summary.json`` of every ``binlab train --recipe binarybert`` run under ``root`` (default: ``runs/`` of
+    :func:`binlab.settings.project_root`; sorted by folder), each with ``"folder"`` added. Unreadable or foreign
+    summaries are skipped."""
+    root = project_root() / "runs" if root is None else root
     found = []
     root = Path(root)
     if not root.is_dir():

@@ -5,7 +5,7 @@ total. Exit status: 0 for full marks, 1 when points are missing, 2 when grading 
 (missing file, not a notebook, unknown exercise, bad option). ``--json`` prints the result as JSON
 instead. ``binlab grade --list`` lists the exercises.
 
-Only the standard library is imported here: the ``binlab`` command imports this module on start.
+The ``binlab`` command imports this module only for ``binlab grade``; it needs no torch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from binlab.grader import core
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from binlab.grader import core
-
     try:
         if args.list:
             for name in core.exercise_names():

@@ -45,14 +45,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import inspect
 import io
 import json
 import linecache
 import os
+import pkgutil
 import select
 import signal
 import sys
+import tempfile
 import textwrap
 import time
 import traceback
@@ -599,9 +602,7 @@ class Exercise:
 # ---------------------------------------------------------------------------------- registry
 def exercise_names() -> list[str]:
     """Names of the exercises that have a grader module: ``['01_popcount', '02_quantizers', ...]``."""
-    import pkgutil
-
-    import binlab.grader as pkg
+    import binlab.grader as pkg  # this module's own package (it imports this module first)
 
     names = []
     for info in pkgutil.iter_modules(pkg.__path__):
@@ -613,8 +614,6 @@ def exercise_names() -> list[str]:
 
 def load_exercise(name: str) -> Exercise:
     """The :class:`Exercise` called ``name`` (``'01_popcount'``, ``'ex01_popcount'`` or ``'01'``)."""
-    import importlib
-
     key = str(name).strip()
     if key.endswith(".ipynb"):
         key = Path(key).stem
@@ -685,7 +684,7 @@ def grade_notebook(path: str | os.PathLike, *, exercise: str | None = None,
     limit in seconds; ``cell_timeout`` the limit for each of the notebook's own cells. Raises
     :class:`GraderError` for a missing or unreadable file or an unknown exercise.
     """
-    import nbformat
+    import nbformat  # here, not at the top: a learner's q1.check() inside a kernel needs no notebook machinery
 
     path = Path(path)
     if not path.exists():
@@ -702,7 +701,7 @@ def grade_notebook(path: str | os.PathLike, *, exercise: str | None = None,
         raise GraderError("the time limit must be a positive number of seconds")
     limit = time_limit or time_limit_default()
 
-    from nbclient import NotebookClient
+    from nbclient import NotebookClient  # as nbformat above
     from nbclient.exceptions import DeadKernelError
 
     cell = nbformat.v4.new_code_cell(_grader_cell_source(ex.name, limit))
@@ -724,8 +723,6 @@ def grade_notebook(path: str | os.PathLike, *, exercise: str | None = None,
                           "traceback": []},
         resources={"metadata": {"path": str(path.resolve().parent)}})
     failure = ""
-    import tempfile
-
     # The kernel's own stderr (jupyter's start-up warnings, C-level crash messages) goes to a file,
     # not to the learner's terminal; its tail is reported if grading could not run.
     with tempfile.TemporaryFile(mode="w+b") as kernel_log:

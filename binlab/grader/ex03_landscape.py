@@ -1,7 +1,6 @@
 """Exercise 3 (``exercises/03_landscape.ipynb``): loss landscapes and the top Hessian eigenvalue.
 
 Questions (torch in, torch out; the models are small ``nn.Module`` s the grader builds):
-
 * q1 ``perturbation_direction(W)``: BinaryBERT's direction, mean|W| * 1 (an all-ones tensor scaled by the
   mean ABSOLUTE value of W; methods.md §2.5);
 * q2 ``loss_grid(model, loss_fn, names, coords)``: the loss on a 2-D grid of perturbations of two weights,
@@ -11,7 +10,7 @@ Questions (torch in, torch out; the models are small ``nn.Module`` s the grader 
 * q4 ``power_iteration(hvp, v0, max_iter, tol)``: the dominant eigenvalue of a symmetric operator from
   matrix-vector products only, normalising every step and keeping the eigenvalue's sign.
 
-The library versions are :mod:`binlab.landscape` (``loss_grid``, ``make_hvp``, ``power_iteration``).
+The library versions are :mod:`binlab.analysis.landscape` (``loss_grid``, ``make_hvp``, ``power_iteration``).
 """
 
 from __future__ import annotations

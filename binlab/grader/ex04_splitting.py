@@ -1,14 +1,13 @@
 """Exercise 4 (``exercises/04_splitting.ipynb``): ternary weight splitting, derived and implemented.
 
 Questions (torch tensors in; one scale per tensor, as BinaryBERT's linear layers):
-
 * q1 ``ternary_sets(W)``: the masks I = {TWN(W) != 0}, J = {TWN(W) = 0, W > 0}, K = {TWN(W) = 0, W <= 0};
 * q2 ``tws_coefficients(W)``: a = (S_I + S_K - S_J) / (2 S_I) and b = ((n / |I|) S_I - sum|W|) / (2 (|J| + |K|)),
   the values that make BWN(W1) + BWN(W2) = TWN(W) (methods.md §2.5). The paper prints a with J and K swapped;
   that answer loses points (the checks use skewed weights, where S_J and S_K clearly differ);
 * q3 ``tws_split(W)``: the latent halves W1, W2 (W1 + W2 = W and BWN(W1) + BWN(W2) = TWN(W)).
 
-The library versions are :mod:`binlab.splitting` (``tws_a``, ``tws_b``, ``tws_split``); the checks compare
+The library versions are :mod:`binlab.methods.splitting` (``tws_a``, ``tws_b``, ``tws_split``); the checks compare
 with them and with the two equivalences themselves.
 """
 
@@ -351,10 +350,10 @@ q3 = Question(
         """Nest two torch.where: `torch.where(I, a * W, torch.where(J, b + W, b_tensor))` for W1, where
         b_tensor = torch.full_like(W, b). W2 = W - W1 gives the same W2.""",
         """Check yourself: W1 + W2 should be W, and _bwn(W1) + _bwn(W2) should equal twn(W) from
-        binlab.quantizers.""",
+        binlab.quant.quantizers.""",
     ],
     solution=tws_split,
-    congrats="This is binlab.splitting.tws_split, and BinaryBERT's tws_split in float64.",
+    congrats="This is binlab.methods.splitting.tws_split, and BinaryBERT's tws_split in float64.",
 )
 
 EXERCISE = Exercise("04_splitting", "Ternary weight splitting: the sets, a and b, the split", [q1, q2, q3])

@@ -1,7 +1,6 @@
 """Optimizers and schedules used to train BERT students.
 
 Two choices, both with the same linear warm-up / linear decay schedule:
-
 * ``adamw`` — ``torch.optim.AdamW`` with bias correction and one global gradient-norm clip: what most
   people mean by fine-tuning BERT today.
 * ``bertadam`` — :class:`BertAdam`, the optimizer of the original BERT / TinyBERT code that BinaryBERT,
@@ -19,6 +18,8 @@ import math
 
 import torch
 from torch import nn
+
+from binlab.quant import quantizers as Q
 
 
 class BertAdam(torch.optim.Optimizer):
@@ -83,17 +84,13 @@ def warmup_linear(step: int, total_steps: int, warmup: float = 0.1) -> float:
     return max(0.0, (total_steps - step) / max(1.0, total_steps - w))
 
 
-def _is_quantizer_param(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("binlab.quantizers")
-
-
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.01, clip_lr: float = 1e-4):
     """Split parameters as the authors' code does: decay / no decay (bias, LayerNorm) / quantizer params."""
     # Learned quantizer scales (clip values, LSQ steps, elastic alphas) get clip_lr; BiT's learned
     # thresholds are called ``bias`` and, as in its code, get the ordinary lr without weight decay.
     quant_ids = set()
     for m in model.modules():
-        if _is_quantizer_param(m):
+        if Q.is_quantizer(m):
             quant_ids |= {id(p) for n, p in m.named_parameters(recurse=False) if "bias" not in n}
     decay, no_decay, quant = [], [], []
     for name, p in model.named_parameters():

@@ -5,9 +5,9 @@ Methods, timed in one process, on the same shapes:
 * ``torch_fp32``: ``torch.matmul`` in float32 on all cores (the baseline of every ratio).
 * ``torch_int8``: torch's dynamic int8 linear (``torch.ops.quantized.linear_dynamic`` with a
   prepacked int8 weight), where this torch build has it; skipped otherwise.
-* ``binlab_prepacked``: :func:`binlab.kernels.xnor_gemm` on activation words packed beforehand and
-  a :class:`~binlab.kernels.PackedWeight` (weights packed once, as in deployment).
-* ``binlab_linear``: :class:`binlab.kernels.BinaryLinear` on the float input: binarize and pack the
+* ``binlab_prepacked``: :func:`binlab.kernels.products.xnor_gemm` on activation words packed beforehand and
+  a :class:`~binlab.kernels.products.PackedWeight` (weights packed once, as in deployment).
+* ``binlab_linear``: :class:`binlab.kernels.linear.BinaryLinear` on the float input: binarize and pack the
   activations, the GEMM, then ``alpha * . + bias`` in float (activation packing counted).
 
 Linear shapes: tokens M in {1, 8, 128, 512, 2048} x (K, N) in {(768, 768), (768, 3072),
@@ -30,11 +30,21 @@ The import of this module must stay light: the CLI imports it on every start.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import platform
+import time
+import warnings
 
 # numpy's OpenBLAS threads spin after each call; a low timeout keeps them from stealing the next
 # measurement's cores. It only has an effect if set before numpy is imported.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+
+import numba  # noqa: E402
+import torch  # noqa: E402
+
+from binlab.kernels import _gemm, linear, packing, products  # noqa: E402
 
 LINEAR_TOKENS = (1, 8, 128, 512, 2048)
 LINEAR_KN = ((768, 768), (768, 3072), (3072, 768))
@@ -82,8 +92,6 @@ def cpu_info() -> dict:
                 elif line.startswith("flags") and not flags:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
-        import platform
-
         model = platform.processor() or platform.machine()
     wanted = ["popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_bitalg"]
     return {"model": model, "logical_cpus": os.cpu_count(),
@@ -108,15 +116,12 @@ class ForeignLoad:
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
     def start(self) -> None:
-        import time
-
         self._wall = time.perf_counter()
         self._busy = _busy_jiffies()
         self._own = sum(os.times()[:2])
 
     def stop(self) -> float | None:
         """Average number of cores used by other processes, or None when unknown."""
-        import time
 
         busy = _busy_jiffies()
         if busy is None or self._busy is None:
@@ -132,8 +137,6 @@ class ForeignLoad:
 
 
 def _calls_per_sample(fn) -> int:
-    import time
-
     start = time.perf_counter()
     fn()
     once = time.perf_counter() - start
@@ -142,7 +145,6 @@ def _calls_per_sample(fn) -> int:
 
 def time_methods(methods: dict, rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each method, one sample per round, methods interleaved."""
-    import time
 
     for fn in methods.values():  # warm up: compile, fill caches, start thread pools
         for _ in range(3):
@@ -221,9 +223,7 @@ def summarize(result: dict, ops: float, baseline: str = "torch_fp32") -> dict:
 
 def _int8_linear(x, weight):
     """A callable running torch's dynamic int8 linear on ``x``, or None if unavailable."""
-    import warnings
 
-    import torch
 
     try:
         with warnings.catch_warnings():
@@ -239,64 +239,53 @@ def _int8_linear(x, weight):
 
 
 def linear_methods(m: int, k: int, n: int, int8: bool, seed: int = 0) -> dict:
-    import torch
-
-    from binlab import kernels
-
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=gen)
     weight = torch.randn(n, k, generator=gen)
     weight_t = weight.t()
-    a_words = kernels.pack_signs(x)
-    packed = kernels.PackedWeight.from_float(weight)
-    layer = kernels.BinaryLinear.from_float(weight, alpha="row")
+    a_words = packing.pack_signs(x)
+    packed = products.PackedWeight.from_float(weight)
+    layer = linear.BinaryLinear.from_float(weight, alpha="row")
     methods = {"torch_fp32": lambda: torch.matmul(x, weight_t)}
     if int8:
         fn = _int8_linear(x, weight)
         if fn is not None:
             methods["torch_int8"] = fn
-    methods["binlab_prepacked"] = lambda: kernels.xnor_gemm(a_words, packed, k)
+    methods["binlab_prepacked"] = lambda: products.xnor_gemm(a_words, packed, k)
     methods["binlab_linear"] = lambda: layer(x)
     return methods
 
 
 def attention_methods(heads: int, product: str, seed: int = 0) -> dict:
-    import torch
-
-    from binlab import kernels
-
     gen = torch.Generator().manual_seed(seed)
     t, d = ATTENTION_TOKENS, HEAD_DIM
     if product == "qk":
         q = torch.randn(heads, t, d, generator=gen)
         key = torch.randn(heads, t, d, generator=gen)
         key_t = key.transpose(-1, -2)
-        q_words, k_words = kernels.pack_signs(q), kernels.pack_signs(key)
+        q_words, k_words = packing.pack_signs(q), packing.pack_signs(key)
         return {
             "torch_fp32": lambda: torch.matmul(q, key_t),
-            "binlab_prepacked": lambda: kernels.xnor_bmm(q_words, k_words, d),
-            "binlab_packed": lambda: kernels.xnor_bmm(kernels.pack_signs(q),
-                                                      kernels.pack_signs(key), d),
+            "binlab_prepacked": lambda: products.xnor_bmm(q_words, k_words, d),
+            "binlab_packed": lambda: products.xnor_bmm(packing.pack_signs(q),
+                                                      packing.pack_signs(key), d),
         }
     probs = (torch.rand(heads, t, t, generator=gen) > 0.5).float()
     v = torch.randn(heads, t, d, generator=gen)
-    p_words = kernels.pack_bits01(probs)
-    v_words = kernels.pack_signs(v.transpose(-1, -2))
+    p_words = packing.pack_bits01(probs)
+    v_words = packing.pack_signs(v.transpose(-1, -2))
     return {
         "torch_fp32": lambda: torch.matmul(probs, v),
-        "binlab_prepacked": lambda: kernels.and_bmm(p_words, v_words, t),
-        "binlab_packed": lambda: kernels.and_bmm(kernels.pack_bits01(probs),
-                                                 kernels.pack_signs(v.transpose(-1, -2)), t),
+        "binlab_prepacked": lambda: products.and_bmm(p_words, v_words, t),
+        "binlab_packed": lambda: products.and_bmm(packing.pack_bits01(probs),
+                                                 packing.pack_signs(v.transpose(-1, -2)), t),
     }
 
 
 def popcount_limit(seconds: float = 0.2) -> dict:
     """The machine's measured xor+popcount+add throughput on registers (binary GOPS)."""
-    import time
 
-    import numba
 
-    from binlab import _gemm
 
     threads = numba.get_num_threads()
     _gemm.popcount_peak_range(1000, 1)
@@ -368,29 +357,18 @@ HEADER = (f"{'shape':34s}{'fp32 us':>10s}{'int8 us':>10s}{'bin us':>10s}{'bin+pa
 
 
 def _geomean(values):
-    import math
-
     values = [v for v in values if v]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
 def run(args) -> int:
-    import json
-    import platform
-    import time
-
-    import numba
-    import torch
-
-    from binlab import kernels
-
     quick = args.quick
     rounds = args.rounds or (5 if quick else 15)
     retries = args.retries if args.retries is not None else (1 if quick else 3)
     if rounds < 3:
         raise SystemExit("binlab bench: --rounds must be at least 3")
     info = cpu_info()
-    backend = kernels.get_backend()
+    backend = products.get_backend()
     print(f"CPU: {info['model']} ({info['logical_cpus']} logical CPUs); "
           + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["flags"].items()))
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), "

@@ -1,4 +1,4 @@
-"""Quantized layers built from a :class:`~binlab.qconfig.QuantConfig`.
+"""Quantized layers built from a :class:`~binlab.quant.config.QuantConfig`.
 
 * :class:`QuantLinear`: ``y = input_quantizer(x) @ weight_quantizer(W).T + b``, a drop-in nn.Linear (same
   ``weight`` / ``bias``, so a Hugging Face BERT state dict loads into it);
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binlab import quantizers as Q
-from binlab.qconfig import QuantConfig
+from binlab.quant import quantizers as Q
+from binlab.quant.config import QuantConfig
 
 
 def make_weight_quantizer(bits: int, method: str, per_row: bool) -> nn.Module:

@@ -27,7 +27,7 @@ So value ∈ {±1, ±2, ±3, ±4}. Four variants, one per kind of GLUE task:
 
 Everything is deterministic: the same ``(kind, n, seed)`` gives the same examples on every machine
 (Python's ``random.Random`` seeded with a string). Data from here is never real GLUE: the loader in
-:mod:`binlab.glue` always announces it with a :class:`SyntheticDataWarning` and ``synthetic=True``.
+:mod:`binlab.data.glue` always announces it with a :class:`SyntheticDataWarning` and ``synthetic=True``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ NEGATION = "not"
 CONTRAST = "but"
 
 KINDS = ("sentiment", "acceptability", "pair", "similarity")
-#: relation names used by the ``pair`` kind (binlab.glue maps them to each task's labels)
+#: relation names used by the ``pair`` kind (binlab.data.glue maps them to each task's labels)
 PAIR_RELATIONS = ("entailment", "contradiction", "neutral")
 
 

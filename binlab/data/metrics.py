@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from binlab.data.glue import TaskSpec, get_task
+
 __all__ = [
     "accuracy",
     "f1",
@@ -140,7 +142,6 @@ def matthews_corrcoef(preds: Any, labels: Any) -> float:
     From the confusion matrix C (rows: true class, columns: predicted class), with
     t_k = Σ_j C[k, j] (examples of class k), p_k = Σ_i C[i, k] (predictions of class k),
     c = trace(C) (correct), s = Σ C (all):
-
         MCC = (c·s − Σ_k p_k·t_k) / sqrt((s² − Σ_k p_k²) · (s² − Σ_k t_k²))
 
     For two classes this is (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)), which is the
@@ -226,7 +227,7 @@ def spearman(preds: Any, labels: Any) -> float:
 def compute_metrics(task: Any, preds: Any, labels: Any) -> dict[str, float]:
     """The metrics GLUE reports for ``task``, plus ``"score"`` (the model-selection metric).
 
-    ``task`` is a task name (any alias :func:`binlab.glue.get_task` accepts) or a ``TaskSpec``.
+    ``task`` is a task name (any alias :func:`binlab.data.glue.get_task` accepts) or a ``TaskSpec``.
     ``preds`` are class ids, or logits of shape (N, num_labels), which are arg-maxed; for STS-B,
     real numbers of shape (N,) or (N, 1). ``labels`` are class ids (floats for STS-B).
 
@@ -237,7 +238,6 @@ def compute_metrics(task: Any, preds: Any, labels: Any) -> dict[str, float]:
     >>> compute_metrics("sst2", [1, 0, 1, 1], [1, 0, 0, 1])["accuracy"]
     0.75
     """
-    from binlab.glue import TaskSpec, get_task  # glue imports this module; import here
 
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     p = _to_numpy(preds, "preds")
@@ -316,7 +316,6 @@ def glue_average(scores: Mapping[str, Any]) -> dict[str, float]:
     8-task convention the BiT paper uses, but 74.2 on the 9-number basis of the BiBERT table.
     Compare averages only within one convention.
     """
-    from binlab.glue import get_task
 
     if not isinstance(scores, Mapping):
         raise TypeError(f"scores must be a mapping task -> score, got {type(scores).__name__}")

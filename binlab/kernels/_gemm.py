@@ -1,7 +1,6 @@
 """The numba kernels behind :mod:`binlab.kernels` (private: the checks live in the public wrappers).
 
 Layouts (all C-contiguous numpy arrays):
-
 * words ``[rows, KW]`` uint64: row r's signs, element k in bit ``k % 64`` of word ``k // 64``.
 * blocks ``[B, NB, KW, 8]`` uint64: the right operand cut into blocks of 8 columns; for each
   word index w the 8 columns' words are adjacent, so one 512-bit load fetches word w of 8 columns.
@@ -23,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from binlab._simd import (
+from binlab.kernels._simd import (
     affine,
     finish16,
     lane8,
@@ -164,7 +163,7 @@ def block_columns(words, blocks, col_ones):
 # ----------------------------------------------------------------------------------------------
 # SIMD GEMM: out[b, m, n] = c0[b, n] - (sum_w popcount(a[b, m, w] ^ col[b, n, w]) << shift)
 #   XNOR product of +-1 operands: c0 = K, shift = 1            (K - 2 popcount(a ^ b))
-#   AND product {0,1} x +-1:      c0 = popcount(col), shift = 0 (see kernels.and_gemm)
+#   AND product {0,1} x +-1:      c0 = popcount(col), shift = 0 (see products.and_gemm)
 # and, when scale is given, out = scale[n] * that + bias[n] in float.
 #
 # A task is one batch item x one row unit x one panel of PANEL_BLOCKS column blocks. A row unit is

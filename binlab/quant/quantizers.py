@@ -48,7 +48,7 @@ from torch import Tensor, nn
 __all__ = [
     "ste_sign", "SteSign", "ste_bool", "SteBool", "bwn", "BWN", "twn", "TWN",
     "uniform", "UniformQuantizer", "lsq", "LSQ", "elastic", "Elastic",
-    "get", "available", "ALPHA_MIN",
+    "register", "get", "available", "registered", "knobs", "min_bits", "is_quantizer", "ALPHA_MIN",
 ]
 
 #: Smallest step / alpha the learned-scale quantizers use (BiT's code clamps alpha to 1e-5).
@@ -144,6 +144,32 @@ def _keep_inside(t: Tensor, x: Tensor, lo: float, hi: float, closed: bool = True
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the registry: each quantizer registers its names where it is defined (larq's register_alias)
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_KNOBS: dict[str, tuple[str, ...]] = {}
+_MIN_BITS: dict[str, int] = {}
+
+
+def register(name: str, knobs: tuple[str, ...] = (), min_bits: int | None = None, **defaults):
+    """Class decorator: :func:`get` ``(name, **kwargs)`` builds ``cls(**defaults, **kwargs)``.
+
+    ``knobs``: what a reader can turn on it in the chapter-2 explorer (``bits``: k; ``clip``: the PACT clip or the
+    STE window; ``scale``: LSQ's step or BiT's alpha; ``zero_to_one`` / ``strict_window``: ste_bool's switches).
+    ``min_bits``: the smallest k a multi-bit quantizer accepts. One class may register several names; stacked
+    decorators register bottom-up, and :func:`registered` keeps that order."""
+    def decorate(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"quantizer name {name!r} is registered twice")
+        _REGISTRY[name] = functools.partial(cls, **defaults) if defaults else cls
+        _KNOBS[name] = tuple(knobs)
+        if min_bits is not None:
+            _MIN_BITS[name] = min_bits
+        return cls
+    return decorate
+
+
+# ----------------------------------------------------------------------------------------------------------
 # sign
 
 
@@ -192,6 +218,8 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     return _SignSTE.apply(x, None if clip_value is None else float(clip_value))
 
 
+@register("ste_sign_identity", clip_value=None)
+@register("ste_sign", knobs=("clip",))
 class SteSign(nn.Module):
     """Module form of :func:`ste_sign` (same arguments)."""
 
@@ -252,6 +280,7 @@ def ste_bool(x: Tensor, zero_to_one: bool = False, strict_window: bool = False) 
     return _BoolSTE.apply(x, bool(zero_to_one), bool(strict_window))
 
 
+@register("ste_bool", knobs=("zero_to_one", "strict_window"))
 class SteBool(nn.Module):
     """Module form of :func:`ste_bool` (same arguments)."""
 
@@ -331,7 +360,7 @@ def bwn(w: Tensor, per_row: bool = False, centering: str | None = None, *, mean:
             mean of each row when ``per_row`` -- BiBERT's code is always per row -- and backpropagate through
             ``clamp(W - mu, -1, 1)``; with ``per_row=False`` the mean and the centring are per tensor).
         mean: only with ``centering="bit"`` and ``per_row``: the global mean to subtract, when ``w`` holds only
-            some rows of a table (:class:`~binlab.qlayers.QuantEmbedding` quantizes just the rows a batch
+            some rows of a table (:class:`~binlab.quant.layers.QuantEmbedding` quantizes just the rows a batch
             looks up, which gives exactly the rows of the whole quantized table).
 
     Papers: Rastegari et al. 2016 (XNOR-Net/BWN, alpha* = ||W||_1 / n); BinaryBERT (Bai et al. 2021) per tensor
@@ -355,6 +384,9 @@ def bwn(w: Tensor, per_row: bool = False, centering: str | None = None, *, mean:
     return _BwnSTE.apply(w, bool(per_row), centering, mean)
 
 
+@register("bwn_bibert", per_row=True, centering="bibert")
+@register("bwn_bit", centering="bit")
+@register("bwn")
 class BWN(nn.Module):
     """Module form of :func:`bwn` (same arguments). Stateless: alpha is recomputed on every forward."""
 
@@ -421,6 +453,7 @@ def twn(w: Tensor, per_row: bool = False) -> Tensor:
     return _TwnSTE.apply(w, bool(per_row))
 
 
+@register("twn")
 class TWN(nn.Module):
     """Module form of :func:`twn` (same arguments). Stateless."""
 
@@ -486,13 +519,11 @@ def uniform(x: Tensor, clip_val: Tensor | float = 2.5, num_bits: int = 8, symmet
     r"""k-bit uniform quantization with a (learnable) clip, dynamic per-tensor scale.
 
     Forward, with x_c = clip(x, c-, c+)::
-
         symmetric:   s = (2^(k-1) - 1) / max|x_c|,      q(x) = round(x_c * s) / s
         asymmetric:  b = min x_c, a = max x_c - b,      q(x) = round((x_c - b) / a * (2^k - 1)) / (2^k - 1) * a + b
 
     (the scale s, a and the offset b are recomputed from each tensor and get no gradient). Backward, the
     straight-through estimator with PACT's gradients for the clip values::
-
         dq/dx   = 1   if c- < x < c+          dL/dc+ = sum of dL/dq over {x >= c+}
                   0   otherwise               dL/dc- = sum of dL/dq over {x <= c-}
 
@@ -515,6 +546,8 @@ def uniform(x: Tensor, clip_val: Tensor | float = 2.5, num_bits: int = 8, symmet
     return _UniformSTE.apply(x, lo, hi, num_bits, bool(symmetric))
 
 
+@register("uniform_asym", knobs=("bits", "clip"), min_bits=2, symmetric=False)
+@register("uniform_sym", knobs=("bits", "clip"), min_bits=2, symmetric=True)
 class UniformQuantizer(nn.Module):
     """Module form of :func:`uniform`: owns ``clip_val = [c-, c+]`` (a parameter, or a buffer if not learnable).
 
@@ -603,7 +636,6 @@ def lsq(x: Tensor, step: Tensor, num_bits: int = 4, symmetric: bool = True) -> T
         v = x' / s,    q(x) = s * clamp(round(v), Qn, Qp)   (+ min(x))
 
     Backward, with the gradient scale g_s = 1 / sqrt(N * Qp), N = x.numel()::
-
         dq/dx = 1                  if Qn <= v <= Qp           dq/ds = Qn                  if v < Qn
                 0                  otherwise                          Qp                  if v > Qp
                                                                       round(v) - v        otherwise
@@ -655,6 +687,8 @@ class _DataInitialised(nn.Module):
             self.initialized.fill_(True)
 
 
+@register("lsq_asym", knobs=("bits", "scale"), min_bits=1, symmetric=False)
+@register("lsq_sym", knobs=("bits", "scale"), min_bits=2, symmetric=True)
 class LSQ(_DataInitialised):
     """Module form of :func:`lsq`: owns the learned ``step`` (init on first forward) and ``initialized``.
 
@@ -725,6 +759,8 @@ def elastic(x: Tensor, alpha: Tensor, num_bits: int = 1, signed: bool = True) ->
     return _LearnedStepSTE.apply(x, alpha, qn, qp, not signed, False)
 
 
+@register("elastic_unsigned", knobs=("bits", "scale"), min_bits=1, signed=False)
+@register("elastic_signed", knobs=("bits", "scale"), min_bits=1, signed=True)
 class Elastic(_DataInitialised):
     r"""Module form of :func:`elastic`, with BiT's learned alpha and (optionally) learned threshold.
 
@@ -774,28 +810,38 @@ class Elastic(_DataInitialised):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# registry
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "ste_sign": SteSign,
-    "ste_sign_identity": functools.partial(SteSign, clip_value=None),
-    "ste_bool": SteBool,
-    "bwn": BWN,
-    "bwn_bit": functools.partial(BWN, centering="bit"),
-    "bwn_bibert": functools.partial(BWN, per_row=True, centering="bibert"),
-    "twn": TWN,
-    "uniform_sym": functools.partial(UniformQuantizer, symmetric=True),
-    "uniform_asym": functools.partial(UniformQuantizer, symmetric=False),
-    "lsq_sym": functools.partial(LSQ, symmetric=True),
-    "lsq_asym": functools.partial(LSQ, symmetric=False),
-    "elastic_signed": functools.partial(Elastic, signed=True),
-    "elastic_unsigned": functools.partial(Elastic, signed=False),
-}
-
+# looking a quantizer up by name
 
 def available() -> list[str]:
-    """The names :func:`get` knows."""
+    """The names :func:`get` knows, sorted."""
     return sorted(_REGISTRY)
+
+
+def registered() -> list[str]:
+    """The names :func:`get` knows, in the order this module defines them."""
+    return list(_REGISTRY)
+
+
+def knobs(name: str) -> tuple[str, ...]:
+    """What a reader can turn on quantizer ``name`` (see :func:`register`)."""
+    _check_registered(name)
+    return _KNOBS[name]
+
+
+def min_bits(name: str) -> int | None:
+    """The smallest k the multi-bit quantizer ``name`` accepts; None for 1-bit and ternary ones."""
+    _check_registered(name)
+    return _MIN_BITS.get(name)
+
+
+def is_quantizer(module: nn.Module) -> bool:
+    """True for a module of a registered quantizer class (the optimizer gives their scales their own lr)."""
+    return any(isinstance(module, getattr(f, "func", f)) for f in _REGISTRY.values())
+
+
+def _check_registered(name) -> None:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown quantizer {name!r}; known quantizers: {', '.join(available())}")
 
 
 def get(name: str, **kwargs) -> nn.Module:
@@ -803,6 +849,5 @@ def get(name: str, **kwargs) -> nn.Module:
 
     Keyword arguments go to the module's constructor. An unknown name raises ``ValueError`` listing the names.
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown quantizer {name!r}; known quantizers: {', '.join(available())}")
+    _check_registered(name)
     return _REGISTRY[name](**kwargs)

@@ -27,14 +27,20 @@ from typing import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from binlab.checkpoint import atomic_write_bytes
-from binlab.optim import clip_gradients, make_optimizer, make_schedule
+from binlab.data.glue import select_texts
+from binlab.files import atomic_save_tensors, atomic_write_text, fsync_dir, load_tensors
+from binlab.train.optim import clip_gradients, make_optimizer, make_schedule
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 2e-5
+    """How one Trainer run trains. The defaults are ``binlab train``'s (its flags read them from here): plain
+    fine-tuning of a full-precision teacher. Recipes hold one and replace the learning rate and epochs per stage.
+    """
+
+    lr: float = 5e-5
     epochs: float = 3.0
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -44,7 +50,7 @@ class TrainConfig:
     clip_lr: float = 1e-4
     optimizer: str = "adamw"          # "adamw" | "bertadam" (the papers' BertAdam, methods.md §1)
     grad_clip: float = 1.0
-    eval_every: int = 200             # steps; 0 = only at the end of each epoch
+    eval_every: int = 500             # steps; 0 = only at the end of each epoch
     save_every: int = 200             # steps; checkpoints are also written at every evaluation
     keep_checkpoints: int = 1
     seed: int = 42
@@ -57,41 +63,6 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup}")
-
-
-# ----------------------------------------------------------------------------- atomic file helpers
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half of it."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                        metadata: dict[str, str] | None = None) -> None:
-    """A safetensors file (no pickle), written atomically."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
-
-
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint file missing: {path}")
-    return load_file(str(path))
 
 
 # ----------------------------------------------------------------------------- optimizer state <-> safetensors
@@ -135,13 +106,14 @@ class TrainState:
     elapsed_s: float = 0.0
 
 
-def default_loss(model: nn.Module, batch: dict, num_labels: int) -> torch.Tensor:
-    """Cross-entropy for classification, MSE for regression (``num_labels == 1``)."""
-    out = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"])
-    logits = out.logits
-    if num_labels == 1:
-        return nn.functional.mse_loss(logits.squeeze(-1), batch["labels"].float())
+def default_loss(model: nn.Module, batch: dict, num_labels: int | None = None) -> torch.Tensor:
+    """Cross-entropy on ``batch["labels"]`` for classification, MSE for regression (``num_labels == 1``; None:
+    regression when the model has a single output). The loss of plain fine-tuning, of the loss landscapes and of
+    the width-pruning importance."""
+    logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                   token_type_ids=batch.get("token_type_ids")).logits
+    if (logits.shape[-1] == 1) if num_labels is None else (num_labels == 1):
+        return nn.functional.mse_loss(logits.squeeze(-1), batch["labels"].to(logits.dtype))
     return nn.functional.cross_entropy(logits, batch["labels"].long())
 
 
@@ -181,8 +153,7 @@ class Trainer:
 
     def _batch(self, indices) -> dict:
         idx = [int(i) for i in indices]
-        a = [self.train.texts_a[i] for i in idx]
-        b = [self.train.texts_b[i] for i in idx] if self.train.texts_b is not None else None
+        a, b = select_texts(self.train, idx)
         batch = dict(self.encode(a, b, self.cfg.max_length))
         labels = [self.train.labels[i] for i in idx]
         batch["labels"] = torch.tensor(labels, dtype=torch.float32 if self.num_labels == 1 else torch.long)
@@ -210,7 +181,7 @@ class Trainer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write_text(root / "latest", final.name)
         # keep only the newest few complete checkpoints
         done = sorted(p for p in root.glob("step-*") if p.is_dir())
@@ -266,7 +237,6 @@ class Trainer:
         t0 = time.perf_counter() - self.state.elapsed_s
         bar = None
         if cfg.progress:
-            from tqdm.auto import tqdm
             bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True)
         last_loss = math.nan
         while self.state.step < self.total_steps:

@@ -1,6 +1,6 @@
 """One object says how much of a BERT is quantized, and how: :class:`QuantConfig`.
 
-The model reads it in one place (``BertConfig.quant``); :mod:`binlab.qlayers` turns it into the weight and
+The model reads it in one place (``BertConfig.quant``); :mod:`binlab.quant.layers` turns it into the weight and
 activation quantizers of each layer. Presets reproduce the three papers' settings (methods.md §2-§4)::
 
     preset     weights (embedding)        activations                 attention   FFN    paper

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import inspect
 import re
+import textwrap
 from pathlib import Path
+
+from IPython.display import Code
 
 
 def source_of(obj) -> str:
     """The source code of a function, class, method or module, dedented."""
-    import textwrap
 
     try:
         return textwrap.dedent(inspect.getsource(obj))
@@ -38,7 +40,6 @@ def show_source(obj):
     The book shows library code this way instead of copying it (d2l's rule): what the reader sees
     is what they import. Returns an ``IPython.display.Code`` object (the cell shows it).
     """
-    from IPython.display import Code
 
     return Code(source_of(obj), language="python")
 

@@ -19,27 +19,30 @@ precision projections (B, H, L, d). Subscripts s (student) and t (teacher). Form
 the logits for ``num_labels == 1`` by default, as BiBERT (and TernaryBERT) do; ``regression_loss="soft_ce"``
 reproduces the authors' zero.
 
-:func:`make_kd_loss` wraps any of them as ``loss_fn(model, batch)`` for :class:`binlab.trainer.Trainer`.
+:func:`make_kd_loss` wraps any of them as ``loss_fn(model, batch)`` for :class:`binlab.train.trainer.Trainer`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from binlab.model import MASK_VALUE
+
 __all__ = [
     "soft_cross_entropy", "prediction_loss", "attention_score_mse", "hidden_state_mse",
     "similarity_matrix", "direction_distance", "direction_matching_loss",
     "binarybert_stage1_loss", "binarybert_stage2_loss", "bit_loss", "bibert_loss",
-    "KD_KINDS", "make_kd_loss",
+    "KDKind", "KD_KINDS", "make_kd_loss", "MASKED_SCORE", "REGRESSION_LOSSES",
 ]
 
-#: scores at or below this are masked positions (the mask adds -10000); BinaryBERT's code zeroes them
-MASKED_SCORE = -100.0
+#: Scores at or below this are masked positions, which BinaryBERT's code zeroes: the mask adds MASK_VALUE
+#: (-10000) to them, and a real score never comes near a hundredth of it.
+MASKED_SCORE = MASK_VALUE / 100
 REGRESSION_LOSSES = ("mse", "soft_ce")
 
 
@@ -177,18 +180,31 @@ def bibert_loss(student, teacher, labels: Tensor | None = None, regression: bool
 # ----------------------------------------------------------------------------------------------------------
 # adapter for the Trainer
 
-#: kind -> (outputs it needs, teacher mode of the authors' code)
+class KDKind(NamedTuple):
+    """One distillation loss: the outputs it needs from both models, the teacher mode of the authors' code, and
+    ``loss(student_out, teacher_out, batch, regression, regression_loss, temperature) -> Tensor``."""
+
+    outputs: dict
+    teacher_mode: str
+    loss: Callable
+
+
+#: kind -> :class:`KDKind`
 KD_KINDS = {
-    "binarybert_stage1": (dict(output_hidden_states=True, output_attentions=True), "train"),
-    "binarybert_stage2": ({}, "train"),
-    "bit": (dict(output_hidden_states=True), "train"),
-    "bibert": (dict(output_hidden_states=True, output_qkv=True), "eval"),
+    "binarybert_stage1": KDKind(dict(output_hidden_states=True, output_attentions=True), "train",
+                                lambda s, t, batch, reg, reg_loss, T: binarybert_stage1_loss(s, t)),
+    "binarybert_stage2": KDKind({}, "train",
+                                lambda s, t, batch, reg, reg_loss, T: binarybert_stage2_loss(s, t, reg, reg_loss, T)),
+    "bit": KDKind(dict(output_hidden_states=True), "train",
+                  lambda s, t, batch, reg, reg_loss, T: bit_loss(s, t, reg, reg_loss, T)),
+    "bibert": KDKind(dict(output_hidden_states=True, output_qkv=True), "eval",
+                     lambda s, t, batch, reg, reg_loss, T: bibert_loss(s, t, batch.get("labels"), reg, T)),
 }
 
 
 def make_kd_loss(kind: str, teacher: nn.Module, num_labels: int | None = None, teacher_mode: str | None = None,
                  regression_loss: str = "mse", temperature: float = 1.0) -> Callable:
-    """A ``loss_fn(model, batch) -> loss`` for :class:`binlab.trainer.Trainer` that distils ``teacher``.
+    """A ``loss_fn(model, batch) -> loss`` for :class:`binlab.train.trainer.Trainer` that distils ``teacher``.
 
     Args:
         kind: ``"binarybert_stage1"``, ``"binarybert_stage2"``, ``"bit"`` or ``"bibert"`` (:data:`KD_KINDS`).
@@ -204,7 +220,7 @@ def make_kd_loss(kind: str, teacher: nn.Module, num_labels: int | None = None, t
     """
     if kind not in KD_KINDS:
         raise ValueError(f"unknown distillation kind {kind!r}; choose one of {', '.join(KD_KINDS)}")
-    outputs, default_mode = KD_KINDS[kind]
+    outputs, default_mode, loss = KD_KINDS[kind]
     teacher_mode = teacher_mode or default_mode
     if teacher_mode not in ("train", "eval"):
         raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
@@ -222,14 +238,7 @@ def make_kd_loss(kind: str, teacher: nn.Module, num_labels: int | None = None, t
         teacher.train(teacher_mode == "train")
         with torch.no_grad():
             t = run(teacher, batch)
-        s = run(model, batch)
-        if kind == "binarybert_stage1":
-            return binarybert_stage1_loss(s, t)
-        if kind == "binarybert_stage2":
-            return binarybert_stage2_loss(s, t, regression, regression_loss, temperature)
-        if kind == "bit":
-            return bit_loss(s, t, regression, regression_loss, temperature)
-        return bibert_loss(s, t, batch.get("labels"), regression, temperature)
+        return loss(run(model, batch), t, batch, regression, regression_loss, temperature)
 
     loss_fn.kind, loss_fn.teacher_mode = kind, teacher_mode
     return loss_fn

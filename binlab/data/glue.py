@@ -19,8 +19,8 @@ aliases (``sst2``, ``SST-2``, ``mnli-m``, ``stsb``...).
     network; ``datasets`` is imported only here). Hub label ids are mapped by name to the GLUE
     order above (the hub's MNLI order is entailment, neutral, contradiction).
 ``"synthetic"``
-    A task that binlab generates itself (:mod:`binlab.synthetic`), deterministic in ``seed``.
-    It is never silent: every load issues a :class:`~binlab.synthetic.SyntheticDataWarning`, and the
+    A task that binlab generates itself (:mod:`binlab.data.synthetic`), deterministic in ``seed``.
+    It is never silent: every load issues a :class:`~binlab.data.synthetic.SyntheticDataWarning`, and the
     split has ``synthetic=True``.
 
 ``"auto"`` (the default) reads ``BINLAB_GLUE_SOURCE`` if set; otherwise it is ``"local"`` when a
@@ -43,8 +43,8 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 
-from binlab import synthetic as _synthetic
-from binlab.synthetic import SyntheticDataWarning
+from binlab.data import synthetic as _synthetic
+from binlab.data.synthetic import SyntheticDataWarning
 
 __all__ = [
     "TaskSpec",
@@ -63,6 +63,7 @@ __all__ = [
     "load_glue",
     "batches",
     "num_batches",
+    "select_texts",
 ]
 
 GLUE_DIR_ENV = "BINLAB_GLUE_DIR"
@@ -86,7 +87,7 @@ class TaskSpec:
     Columns (``text_a``, ``text_b``, ``label_column``) are header names, or 0-based indices for
     CoLA, whose files have no header. ``labels`` are the label strings as written in the TSV, in
     the order of the original GLUE processors (class id = position); None for STS-B (regression).
-    ``metrics`` are the keys :func:`binlab.metrics.compute_metrics` returns for the task;
+    ``metrics`` are the keys :func:`binlab.data.metrics.compute_metrics` returns for the task;
     ``selection_metric`` is the one used to pick the best dev checkpoint.
     """
 
@@ -572,7 +573,8 @@ def load_glue(
     if source == "local":
         if root is None:
             raise ValueError(
-                f"source='local' needs a GLUE directory: pass glue_dir=... or set {GLUE_DIR_ENV}"
+                f"source='local' needs a GLUE directory: pass glue_dir=... (binlab train --glue-dir DIR) or set "
+                f"{GLUE_DIR_ENV}"
             )
         return _load_local(spec, split, Path(root), root_from, max_examples, on_bad_row)
     if source == "hub":
@@ -595,7 +597,8 @@ def _load_local(
     spec: TaskSpec, split: str, root: Path, root_from: str, max_examples: int | None, on_bad_row: str
 ) -> GlueSplit:
     if not root.is_dir():
-        raise FileNotFoundError(f"GLUE directory {str(root)!r} (from {root_from}) does not exist")
+        raise FileNotFoundError(f"GLUE directory {str(root)!r} (from {root_from}) does not exist: point glue_dir "
+                                f"(binlab train --glue-dir) or {GLUE_DIR_ENV} at the folder that holds the task folders")
     task_dir = _find_task_dir(root, spec)
     file_name = spec.file_name(split)
     if task_dir is None:
@@ -654,7 +657,7 @@ def _read_tsv(
                     message = f"{path}:{line}: {exc}"
                     if on_bad_row == "error":
                         raise ValueError(
-                            message + " (pass on_bad_row='skip' to skip malformed rows)"
+                            message + " (skip malformed rows with on_bad_row='skip', or binlab train --on-bad-row skip)"
                         ) from None
                     skipped.append(message)
                     continue
@@ -774,7 +777,7 @@ def _load_synthetic(
         labels: list = [spec.labels.index(mapping[r]) for r in data.labels]  # type: ignore[union-attr]
     else:
         labels = list(data.labels)
-    origin = f"binlab.synthetic {spec.synthetic_kind!r} seed={seed} stream={stream}"
+    origin = f"binlab.data.synthetic {spec.synthetic_kind!r} seed={seed} stream={stream}"
     warnings.warn(
         f"SYNTHETIC data: binlab generated {n} {spec.synthetic_kind!r} examples as a stand-in "
         f"for {spec.display_name} {split} (seed={seed}){note}. These are NOT GLUE results. For "
@@ -801,6 +804,15 @@ def num_batches(split: GlueSplit, batch_size: int, drop_last: bool = False) -> i
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def select_texts(split, rows) -> tuple[list[str], list[str] | None]:
+    """The texts of ``rows`` (indices, in that order): ``(texts_a, texts_b)``, ``texts_b`` None for one-sentence
+    tasks. What every batch of the library is made from: :func:`batches`, the Trainer, evaluation."""
+    rows = [int(i) for i in rows]
+    texts_a = [split.texts_a[i] for i in rows]
+    texts_b = None if split.texts_b is None else [split.texts_b[i] for i in rows]
+    return texts_a, texts_b
 
 
 def batches(
@@ -837,8 +849,7 @@ def batches(
         idx = order[start : start + batch_size]
         if drop_last and len(idx) < batch_size:
             break
-        texts_a = [split.texts_a[i] for i in idx]
-        texts_b = None if split.texts_b is None else [split.texts_b[i] for i in idx]
+        texts_a, texts_b = select_texts(split, idx)
         encoded = tokenizer.encode_batch(texts_a, texts_b, max_length=max_length)
         if not isinstance(encoded, dict):
             raise TypeError(f"tokenizer.encode_batch must return a dict, got {type(encoded).__name__}")

@@ -1,0 +1,5 @@
+"""binlab.analysis: numbers about a network, without plots.
+
+    binlab.analysis.costs       parameters, memory and FLOPs of a BERT config at any bit-width (chapter 1)
+    binlab.analysis.landscape   loss surfaces around the weights and top Hessian eigenvalues (chapter 3)
+"""
