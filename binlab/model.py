@@ -204,10 +204,12 @@ class BertSelfAttention(nn.Module):
         self.value = QuantLinear(D, A, config=q)
         # Activation quantizers for what the attention multiplies: Identity at 32 bits, or when
         # quant.quantize_attention is False (BiT's --not_quantize_attention).
+        # q.qkv_threshold: a learned per-channel threshold on each of them (BiT's paper; its code's are dead).
         aq = q if q.quantize_attention else QuantConfig()
-        self.query_quant = make_act_quantizer(aq, signed=True)
-        self.key_quant = make_act_quantizer(aq, signed=True)
-        self.value_quant = make_act_quantizer(aq, signed=True)
+        channels = A if q.qkv_threshold else None
+        self.query_quant = make_act_quantizer(aq, signed=True, num_features=channels)
+        self.key_quant = make_act_quantizer(aq, signed=True, num_features=channels)
+        self.value_quant = make_act_quantizer(aq, signed=True, num_features=channels)
         # softmax probabilities are non-negative: the unsigned quantizer ({0, alpha} for BiT at 1 bit).
         # "bool" attention has no probabilities: its binarizer is the fixed ste_bool in forward().
         self.probs_quant = None if self.mode == "bool" else make_act_quantizer(aq, signed=False)
@@ -220,11 +222,11 @@ class BertSelfAttention(nn.Module):
     def forward(self, h: torch.Tensor, mask: torch.Tensor):
         """h (B, L, D), mask (B, 1, 1, L) additive. Returns context (B, L, D), scores (B, H, L, L), FP (Q, K, V)."""
         B, L, D = h.shape
-        q = self.split_heads(self.query(h))  # [Q] binarized linear, FP output (B, H, L, d)
-        k = self.split_heads(self.key(h))
-        v = self.split_heads(self.value(h))
-        qkv = (q, k, v)  # before binarization: what BiBERT's direction-matching distillation compares
-        q, k, v = self.query_quant(q), self.key_quant(k), self.value_quant(v)  # [Q] signed, e.g. sign(.) or alpha*sign(.)
+        q, k, v = self.query(h), self.key(h), self.value(h)  # [Q] binarized linears, FP outputs (B, L, A)
+        qkv = tuple(map(self.split_heads, (q, k, v)))  # (B, H, L, d) before binarization: what BiBERT's DMD compares
+        # [Q] signed, e.g. sign(.) or alpha*sign(. + threshold); one scale per tensor, a threshold per channel of A
+        q, k, v = (self.split_heads(quant(x)) for quant, x in ((self.query_quant, q), (self.key_quant, k),
+                                                                (self.value_quant, v)))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + mask  # (B, H, L, L)
         if self.mode == "bool":  # BiBERT: no softmax; keep the positive scores as 1, the rest as 0
             probs = ste_bool(self.dropout(scores))  # [Q] 1{x > 0}; dropout on the scores, as in BiBERT's code

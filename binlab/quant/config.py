@@ -25,6 +25,7 @@ WEIGHT_METHODS = {1: ("bwn", "bibert", "bit"), 2: ("twn",)}
 ACT_METHODS = ("uniform", "lsq", "sign", "elastic")
 ATTENTION_MODES = ("softmax", "softmax01", "bool")
 FFN_ACTS = ("gelu", "relu")
+ALPHA_INITS = ("code", "optimal")
 
 
 def _is_int(v) -> bool:
@@ -50,6 +51,12 @@ class QuantConfig:
         ffn_act: ``"gelu"`` or ``"relu"`` (BinaryBERT at 4 bits and BiT use ReLU, so that the FFN output layer's
             input is non-negative).
         quantize_attention: quantize Q, K, V and the probabilities when ``act_bits < 32``.
+        qkv_threshold: give Q, K and V a learned per-channel threshold, as every linear input has (``"elastic"``
+            only). BiT's paper has one; its code's ``move_q/k/v`` are dead, so False reproduces the code (and the
+            presets); the BiT recipe turns it on (methods.md §4.2, §5 (c)).
+        alpha_init: how an ``"elastic"`` alpha starts: ``"code"`` (BiT's code: 2 mean|x|, or 4 mean|x| for the
+            {0, alpha} set) or ``"optimal"`` (the paper's alpha*: mean|x| for sign; for {0, alpha} the fixed point
+            alpha = mean of the x >= alpha / 2). Multi-bit elastic quantizers start the code's way either way.
 
     Invalid values raise ``ValueError`` naming the field. ``dataclasses.replace(cfg, act_bits=4)`` validates
     again. :meth:`to_dict` / :meth:`from_dict` (and the JSON forms) round-trip.
@@ -64,6 +71,8 @@ class QuantConfig:
     attention: str = "softmax"
     ffn_act: str = "gelu"
     quantize_attention: bool = True
+    qkv_threshold: bool = False
+    alpha_init: str = "code"
 
     def __post_init__(self):
         for f in ("weight_bits", "embedding_bits"):
@@ -91,7 +100,9 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.ffn_act not in FFN_ACTS:
             raise ValueError(f"QuantConfig.ffn_act must be one of {FFN_ACTS}, got {self.ffn_act!r}")
-        for f in ("weight_per_row", "quantize_attention"):
+        if self.alpha_init not in ALPHA_INITS:
+            raise ValueError(f"QuantConfig.alpha_init must be one of {ALPHA_INITS}, got {self.alpha_init!r}")
+        for f in ("weight_per_row", "quantize_attention", "qkv_threshold"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"QuantConfig.{f} must be True or False, got {getattr(self, f)!r}")
 

@@ -59,7 +59,7 @@ def make_act_quantizer(config: QuantConfig, signed: bool, num_features: int | No
     if method == "sign":
         return Q.SteSign(clip_value=1.0)
     if method == "elastic":
-        return Q.Elastic(num_bits=bits, signed=signed, num_features=num_features)
+        return Q.Elastic(num_bits=bits, signed=signed, num_features=num_features, init=config.alpha_init)
     raise ValueError(f"make_act_quantizer: unknown act_method {method!r}")  # QuantConfig already checks this
 
 

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 __all__ = [
     "ste_sign", "SteSign", "ste_bool", "SteBool", "bwn", "BWN", "twn", "TWN",
     "uniform", "UniformQuantizer", "lsq", "LSQ", "elastic", "Elastic",
-    "register", "get", "available", "registered", "knobs", "min_bits", "is_quantizer", "ALPHA_MIN",
+    "optimal_alpha", "register", "get", "available", "registered", "knobs", "min_bits", "is_quantizer", "ALPHA_MIN",
 ]
 
 #: Smallest step / alpha the learned-scale quantizers use (BiT's code clamps alpha to 1e-5).
@@ -660,7 +660,7 @@ def lsq(x: Tensor, step: Tensor, num_bits: int = 4, symmetric: bool = True) -> T
     return _LearnedStepSTE.apply(x, step, qn, qp, not symmetric, False)
 
 
-class _DataInitialised(nn.Module):
+class DataInitialised(nn.Module):
     """A scale that is set from the first batch it sees, then learned.
 
     ``initialized`` is a buffer, so it travels in the state dict: a module loaded from a checkpoint of a
@@ -689,7 +689,7 @@ class _DataInitialised(nn.Module):
 
 @register("lsq_asym", knobs=("bits", "scale"), min_bits=1, symmetric=False)
 @register("lsq_sym", knobs=("bits", "scale"), min_bits=2, symmetric=True)
-class LSQ(_DataInitialised):
+class LSQ(DataInitialised):
     """Module form of :func:`lsq`: owns the learned ``step`` (init on first forward) and ``initialized``.
 
     Args: ``num_bits``, ``symmetric`` as in :func:`lsq`.
@@ -761,7 +761,7 @@ def elastic(x: Tensor, alpha: Tensor, num_bits: int = 1, signed: bool = True) ->
 
 @register("elastic_unsigned", knobs=("bits", "scale"), min_bits=1, signed=False)
 @register("elastic_signed", knobs=("bits", "scale"), min_bits=1, signed=True)
-class Elastic(_DataInitialised):
+class Elastic(DataInitialised):
     r"""Module form of :func:`elastic`, with BiT's learned alpha and (optionally) learned threshold.
 
     Args:
@@ -771,17 +771,26 @@ class Elastic(_DataInitialised):
             (``self.move``), so the paper's threshold beta (``sign(x - beta)``) is ``-bias``. None: no shift
             (BiT's Q, K, V and attention probabilities, where its ``move_q/k/v`` are dead code, issue #1).
 
-    ``alpha`` is initialised on the first forward to 2 mean|x| / sqrt(Qp) (signed; Qp = 1 at one bit) or
-    4 mean|x| / sqrt(Qp) (unsigned), ``initialized`` is a buffer (see :class:`LSQ`).
+        init: how ``alpha`` starts, on the first forward (or in a calibration pass over a few batches,
+            :func:`binlab.train.calibration.calibrate`). ``"code"`` (BiT's code, the default): 2 mean|x| / sqrt(Qp)
+            (signed; Qp = 1 at one bit) or 4 mean|x| / sqrt(Qp) (unsigned). ``"optimal"`` (the paper's alpha*, at
+            one bit; more bits start as ``"code"``): the alpha that minimises ||x - x_b||^2, mean|x| for
+            alpha * sign(x), and for {0, alpha} the fixed point of alpha = mean{x : x >= alpha / 2}
+            (:func:`optimal_alpha`).
+
+    ``initialized`` is a buffer (see :class:`LSQ`).
     """
 
     scale_name = "alpha"
 
-    def __init__(self, num_bits: int = 1, signed: bool = True, num_features: int | None = None):
+    def __init__(self, num_bits: int = 1, signed: bool = True, num_features: int | None = None, init: str = "code"):
         super().__init__()
         name = "elastic_signed" if signed else "elastic_unsigned"
         self.num_bits = _check_bits(num_bits, name, 1)
         self.signed = bool(signed)
+        if init not in ("code", "optimal"):
+            raise ValueError(f"{name}: init must be 'code' or 'optimal', got {init!r}")
+        self.init = init
         if num_features is not None:
             if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
                 raise ValueError(f"{name}: num_features must be a positive integer or None, got {num_features!r}")
@@ -790,6 +799,8 @@ class Elastic(_DataInitialised):
             self.register_parameter("bias", None)
 
     def _init_value(self, x: Tensor) -> float:
+        if self.init == "optimal" and self.num_bits == 1:
+            return optimal_alpha(x, self.signed)
         qp = max(_levels(self.num_bits, self.signed)[1], 1)
         return (2.0 if self.signed else 4.0) * float(x.abs().mean()) / math.sqrt(qp)
 
@@ -806,7 +817,32 @@ class Elastic(_DataInitialised):
 
     def extra_repr(self) -> str:
         nf = None if self.bias is None else self.bias.shape[0]
-        return f"num_bits={self.num_bits}, signed={self.signed}, num_features={nf}"
+        return f"num_bits={self.num_bits}, signed={self.signed}, num_features={nf}, init={self.init!r}"
+
+
+def optimal_alpha(x: Tensor, signed: bool, steps: int = 20) -> float:
+    r"""BiT's optimal one-bit scale alpha* of ``x`` (the paper's eqs.; methods.md §4.2), in float64:
+
+    .. code-block:: text
+
+        signed    x_b = alpha * sign(x):          alpha* = ||x||_1 / n = mean |x|
+        unsigned  x_b = alpha * 1{x >= alpha/2}:  alpha* = mean{ x_i : x_i >= alpha*/2 }
+
+    The unsigned one is a fixed point (setting d/dalpha ||x - x_b||^2 = 0 with the set held fixed), found by
+    iterating from alpha = 2 mean|x| until it stops moving (at most ``steps`` times). All-zero input: 0 (the module
+    clamps it to ALPHA_MIN).
+    """
+    v = x.detach().double().reshape(-1)
+    if signed:
+        return float(v.abs().mean())
+    alpha = 2.0 * float(v.abs().mean())
+    for _ in range(steps):
+        keep = v[v >= alpha / 2]
+        new = float(keep.mean()) if keep.numel() else 0.0
+        if new == alpha:
+            break
+        alpha = new
+    return alpha
 
 
 # ----------------------------------------------------------------------------------------------------------
