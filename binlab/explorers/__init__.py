@@ -3,8 +3,11 @@
 Each explorer is ``make_xxx_explorer(...) -> (ui, fig, controls)`` (see :mod:`binlab.explorers.viz`): the
 callback logic lives here, so the tests drive it from Python and the notebooks only display ``ui``.
 
-    bits    chapter 1: costs of BERT at FP32 and 1 bit, the XNOR-popcount explorer, packing, speed
-    quant   chapter 2: quantizer transfer curves, weight histograms, the optimal binary scale, STE runs
+    bits       chapter 1: costs of BERT at FP32 and 1 bit, the XNOR-popcount explorer, packing, speed
+    quant      chapter 2: quantizer transfer curves, weight histograms, the optimal binary scale, STE runs
+    landscape  chapter 3: loss surfaces and Hessian eigenvalues drawn, the surface explorer, the model it
+               looks at (numbers from binlab.analysis.landscape)
     splitting  chapter 4: ternary weight splitting step by step, the printed coefficient's error, landscapes
                before and after splitting, split-then-fine-tune vs direct binarization on a tiny BERT
+    viz        what the chapters share: show_source, markdown tables and sections
 """

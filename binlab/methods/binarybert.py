@@ -271,11 +271,8 @@ def add_arguments(p) -> None:
                    "from the teacher with the same budget, no ternary phase")
     g.add_argument("--ternary-lr", type=float, default=1e-5, help="stage-2 lr of the ternary phase (stage 1: x2.5)")
     g.add_argument("--binary-lr", type=float, default=5e-5, help="stage-2 lr of the binary phase (stage 1: x2.5)")
-    g.add_argument("--kd-epochs", type=float, default=2.0, help="epochs of each distillation stage")
-    g.add_argument("--regression-loss", default="mse", choices=REGRESSION_LOSSES,
-                   help="stage 2 on one logit (STS-B): mse, or the authors' soft_ce (identically 0)")
-    g.add_argument("--ffn-act", default=None, choices=FFN_ACTS, help="the student's FFN activation "
-                   "(default: the paper's, GELU at 8 activation bits, ReLU at 4 and 1)")
+    # --kd-epochs, --regression-loss, --teacher-mode and --ffn-act (default: GELU at 8 activation bits, ReLU at 4
+    # and 1, the paper's) are the shared distillation options of binlab.methods.pipeline
 
 
 def run_from_args(args) -> int:
@@ -285,7 +282,8 @@ def run_from_args(args) -> int:
         raise ValueError("--recipe binarybert chooses its own quantization (--act-bits); drop --quant")
     cfg = BinaryBertConfig(**recipe_kwargs_from_args(args), act_bits=args.act_bits, split=not args.no_split,
                            ternary_lr=args.ternary_lr, binary_lr=args.binary_lr, kd_epochs=args.kd_epochs,
-                           regression_loss=args.regression_loss, ffn_act=args.ffn_act)
+                           regression_loss=args.regression_loss, teacher_mode=args.teacher_mode,
+                           ffn_act=args.ffn_act)
     run_binarybert(cfg, resume=args.resume, command=command_line())
     return 0
 

@@ -37,13 +37,14 @@ __all__ = [
     "soft_cross_entropy", "prediction_loss", "attention_score_mse", "hidden_state_mse",
     "similarity_matrix", "direction_distance", "direction_matching_loss",
     "binarybert_stage1_loss", "binarybert_stage2_loss", "bit_loss", "bibert_loss",
-    "KDKind", "KD_KINDS", "make_kd_loss", "MASKED_SCORE", "REGRESSION_LOSSES",
+    "KDKind", "KD_KINDS", "make_kd_loss", "MASKED_SCORE", "REGRESSION_LOSSES", "TEACHER_MODES",
 ]
 
 #: Scores at or below this are masked positions, which BinaryBERT's code zeroes: the mask adds MASK_VALUE
 #: (-10000) to them, and a real score never comes near a hundredth of it.
 MASKED_SCORE = MASK_VALUE / 100
 REGRESSION_LOSSES = ("mse", "soft_ce")
+TEACHER_MODES = ("train", "eval")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def make_kd_loss(kind: str, teacher: nn.Module, num_labels: int | None = None, t
         raise ValueError(f"unknown distillation kind {kind!r}; choose one of {', '.join(KD_KINDS)}")
     outputs, default_mode, loss = KD_KINDS[kind]
     teacher_mode = teacher_mode or default_mode
-    if teacher_mode not in ("train", "eval"):
+    if teacher_mode not in TEACHER_MODES:
         raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
     if regression_loss not in REGRESSION_LOSSES:
         raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")

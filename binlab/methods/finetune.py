@@ -23,7 +23,7 @@ import torch
 from binlab.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from binlab.data.glue import get_task, load_glue
 from binlab.files import load_tensors
-from binlab.methods import binarybert
+from binlab.methods import binarybert, bit
 from binlab.methods.pipeline import Recipe, add_train_arguments, command_line, train_config_from_args
 from binlab.model import tiny_bert
 from binlab.quant.config import PRESETS, QuantConfig
@@ -84,6 +84,7 @@ FINETUNE = Recipe("finetune", "plain fine-tuning of --model at --quant (one Trai
 RECIPES: dict[str, Recipe] = {
     "finetune": FINETUNE,
     "binarybert": binarybert.RECIPE,
+    "bit": bit.RECIPE,
 }
 
 

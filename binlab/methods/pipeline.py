@@ -30,7 +30,9 @@ from torch import nn
 from binlab.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from binlab.data.glue import get_task, load_glue
 from binlab.files import atomic_write_text, load_tensors
+from binlab.methods.distill import REGRESSION_LOSSES, TEACHER_MODES
 from binlab.model import tiny_bert
+from binlab.quant.config import FFN_ACTS
 from binlab.tokenizer import load_tokenizer
 from binlab.train.evaluation import make_evaluator, predict
 from binlab.train.trainer import TrainConfig, Trainer
@@ -309,6 +311,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval", type=int, default=None, help="use only the first N dev examples")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("distillation (the recipes that distil a student from a teacher)")
+    g.add_argument("--kd-epochs", type=float, default=2.0, help="epochs of each distillation stage (default: 2)")
+    g.add_argument("--regression-loss", default="mse", choices=REGRESSION_LOSSES,
+                   help="the logit loss on one logit (STS-B): mse, or the authors' soft_ce (identically 0)")
+    g.add_argument("--teacher-mode", default=None, choices=TEACHER_MODES,
+                   help="the teacher's dropout while it produces targets: train (the authors' BinaryBERT and BiT "
+                        "code) or eval (default: the recipe's)")
+    g.add_argument("--ffn-act", default=None, choices=FFN_ACTS, help="the student's FFN activation "
+                   "(default: the method's; ReLU in place of a backbone's GELU can cost most of its accuracy)")
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
