@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +32,22 @@ def assert_titled(fig):
     assert axes
     for k in axes:
         assert fig.layout[k].title.text, f"{k} has no label"
+
+
+def recipe_config(cls, **kw):
+    """A recipe config (``cls``: BinaryBertConfig, BitConfig, ...) from flat keyword arguments: the TrainConfig
+    fields among them go into its ``train``."""
+    from binlab.train.trainer import TrainConfig
+
+    train = {k: kw.pop(k) for k in [f.name for f in dataclasses.fields(TrainConfig)] if k in kw}
+    return cls(**kw, train=TrainConfig(**train))
+
+
+def run_quietly(run, cfg, resume=False) -> tuple[dict, str]:
+    """``run(cfg, resume=resume)`` (a recipe's run function) with its printing and warnings captured:
+    ``(summary, printed text)``."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run(cfg, resume=resume)
+    return summary, buf.getvalue()

@@ -3,14 +3,10 @@ chain on a tiny model end to end, resume, and the command line."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
-import warnings
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -23,8 +19,8 @@ from binlab.methods.pipeline import read_summary
 from binlab.model import tiny_bert
 from binlab.quant.quantizers import Elastic, optimal_alpha
 from binlab.train.calibration import calibrate, data_initialised
-from binlab.train.trainer import TrainConfig
-from conftest import ROOT
+from conftest import ROOT, recipe_config
+from conftest import run_quietly as quietly
 
 
 def model(quant, seed=0):
@@ -172,17 +168,11 @@ def tiny_cfg(out, **kw) -> BitConfig:
     base = dict(task="sst2", out=str(out), model="tiny", source="synthetic", max_train=32, max_eval=32,
                 lr=1e-3, epochs=1, batch_size=16, max_length=32, kd_lr=1e-3, kd_epochs=1, eval_every=0, save_every=0,
                 progress=False, calibration_examples=16)
-    kw = {**base, **kw}
-    train = {k: kw.pop(k) for k in [f.name for f in fields(TrainConfig)] if k in kw}
-    return BitConfig(**kw, train=TrainConfig(**train))
+    return recipe_config(BitConfig, **{**base, **kw})
 
 
 def run_quietly(cfg, resume=False):
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = run_bit(cfg, resume=resume)
-    return summary, buf.getvalue()
+    return quietly(run_bit, cfg, resume)
 
 
 @pytest.fixture(scope="module")

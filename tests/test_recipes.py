@@ -5,19 +5,17 @@ baseline gets the same budget, regression gets a logit signal, and runs resume."
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
-import warnings
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, recipe_config
+from conftest import run_quietly as quietly
 
 from binlab.methods import finetune
 from binlab.methods.binarybert import (BinaryBertConfig, binary_quant, load_stage_model, run_binarybert,
@@ -25,7 +23,6 @@ from binlab.methods.binarybert import (BinaryBertConfig, binary_quant, load_stag
 from binlab.methods.pipeline import read_summary
 from binlab.methods.split_model import SplitQuantLinear
 from binlab.quant.config import QuantConfig
-from binlab.train.trainer import TrainConfig
 
 TRAINER_STAGES = ("ternary_stage1", "ternary_stage2", "binary_stage1", "binary_stage2")
 
@@ -38,16 +35,11 @@ def tiny_cfg(out, **kw) -> BinaryBertConfig:
                 kd_epochs=1, eval_every=0, save_every=0, progress=False)
     kw = {**base, **kw}
     kw["lr"], kw["epochs"] = kw.pop("teacher_lr"), kw.pop("teacher_epochs")
-    train = {k: kw.pop(k) for k in [f.name for f in fields(TrainConfig)] if k in kw}
-    return BinaryBertConfig(**kw, train=TrainConfig(**train))
+    return recipe_config(BinaryBertConfig, **kw)
 
 
 def run_quietly(cfg, resume=False) -> tuple[dict, str]:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = run_binarybert(cfg, resume=resume)
-    return summary, buf.getvalue()
+    return quietly(run_binarybert, cfg, resume)
 
 
 @pytest.fixture(scope="module")
