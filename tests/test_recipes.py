@@ -20,7 +20,7 @@ from conftest import run_quietly as quietly
 from binlab.methods import finetune
 from binlab.methods.binarybert import (BinaryBertConfig, binary_quant, load_stage_model, run_binarybert,
                             stage_names, ternary_quant)
-from binlab.methods.pipeline import read_summary
+from binlab.methods.pipeline import check_settings, read_summary
 from binlab.methods.split_model import SplitQuantLinear
 from binlab.quant.config import QuantConfig
 
@@ -203,3 +203,16 @@ def test_cli_recipe_with_a_teacher_and_4_bit_activations(split_run, tmp_path):
     assert "binlab train --recipe binarybert" in results(tmp_path / "cli", "binary_stage2")["command"]
     bad = _cli("--recipe", "binarybert", "--task", "sst2", "--quant", "w1a8", "--out", str(tmp_path / "bad"))
     assert bad.returncode != 0 and "--act-bits" in bad.stderr
+
+
+def test_resume_tolerates_a_setting_binlab_gained_later_at_its_default(tmp_path):
+    """A run started before a setting existed resumes, as long as that setting keeps its default."""
+    cfg = tiny_cfg(tmp_path)
+    check_settings(tmp_path, cfg, resume=False)
+    started = json.loads((tmp_path / "recipe.json").read_text())
+    started["train"].pop("grad_clip")  # as if written by an older binlab
+    started.pop("ffn_act")
+    (tmp_path / "recipe.json").write_text(json.dumps(started))
+    check_settings(tmp_path, cfg, resume=True)
+    with pytest.raises(ValueError, match="other settings.*ffn_act"):
+        check_settings(tmp_path, replace(cfg, ffn_act="gelu"), resume=True)

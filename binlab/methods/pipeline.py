@@ -20,7 +20,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -168,19 +168,38 @@ class Run:
         return summary
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def check_settings(out: Path, cfg: RecipeConfig, resume: bool) -> None:
-    """Refuse to resume ``out`` with other settings than it was started with; record them in ``recipe.json``."""
+    """Refuse to resume ``out`` with other settings than it was started with; record them in ``recipe.json``.
+
+    A setting that binlab gained after the run started (absent from its ``recipe.json``) is no difference as long
+    as it keeps its default."""
     path = out / "recipe.json"
     if resume and path.is_file():
-        old = json.loads(path.read_text())
-        new = json.loads(json.dumps(cfg.settings()))  # same JSON types as the file (tuples -> lists)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        old = _flat(json.loads(path.read_text()))
+        new = _flat(json.loads(json.dumps(cfg.settings())))  # same JSON types as the file (tuples -> lists)
+        default = _flat(json.loads(json.dumps(_default_settings(cfg))))
+        added = {k for k in set(new) - set(old) if k in default and new[k] == default[k]}
+        diff = sorted(k for k in (set(old) | set(new)) - added if old.get(k) != new.get(k))
         if diff:
             raise ValueError(f"{out} was started with other settings ({', '.join(diff)}: "
                              f"{ {k: old.get(k) for k in diff} } vs { {k: new.get(k) for k in diff} }); resume with "
                              "the same settings or use a new --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(cfg.settings(), indent=1))
+
+
+def _default_settings(cfg: RecipeConfig) -> dict:
+    """The settings of ``cfg``'s class with every field that has a default at it (task and out kept)."""
+    kw = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.default is MISSING and f.default_factory is MISSING}
+    return type(cfg)(**kw).settings()
 
 
 def teacher_stage(run: Run) -> nn.Module:
