@@ -30,7 +30,8 @@ USER_ERRORS = (ValueError, KeyError, OSError)
 
 
 def _top_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="binlab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="binlab", description="binlab: learn binarized transformers by building "
+                                     "one. `binlab COMMAND --help` shows a command's options.")
     parser.add_argument("--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
