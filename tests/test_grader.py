@@ -22,12 +22,12 @@ import pytest
 import torch
 from conftest import ROOT
 
-from binlab.grader import cli, core, ex01_popcount, ex02_quantizers, ex03_landscape, ex04_splitting
+from binlab.grader import cli, core, ex01_popcount, ex02_quantizers, ex03_landscape, ex04_splitting, ex05_elastic
 
 #: every shipped exercise; each test parametrized over it holds for all of them (tests/test_ex03.py and
 #: tests/test_ex04.py add what is particular to one exercise).
 EXERCISES = {"01_popcount": ex01_popcount, "02_quantizers": ex02_quantizers,
-             "03_landscape": ex03_landscape, "04_splitting": ex04_splitting}
+             "03_landscape": ex03_landscape, "04_splitting": ex04_splitting, "05_elastic": ex05_elastic}
 NOTEBOOKS = {name: ROOT / "exercises" / f"{name}.ipynb" for name in EXERCISES}
 
 
@@ -140,6 +140,7 @@ REQUIRED_MISTAKES = {
     "02_quantizers": {"per_tensor_when_per_row", "no_clip", "mean_of_all", "wrong_constant"},
     "03_landscape": {"no_restore", "mean_not_abs", "no_normalisation", "norm_not_rayleigh"},
     "04_splitting": {"printed_a"},  # the paper's printed coefficient (J and K swapped), in q2 and q3
+    "05_elastic": {"threshold_alpha", "no_grad_scale", "signed_for_probabilities", "sign_zero"},
 }
 
 

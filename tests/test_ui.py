@@ -38,6 +38,7 @@ NOTEBOOKS = [
     "book/02_quantizers_and_ste.ipynb",
     "book/03_loss_landscapes.ipynb",
     "book/04_ternary_weight_splitting.ipynb",
+    "book/05_elastic_activations.ipynb",
 ]
 if os.environ.get("BINLAB_UI_NOTEBOOKS"):
     NOTEBOOKS = [p for p in os.environ["BINLAB_UI_NOTEBOOKS"].split(os.pathsep) if p]

@@ -7,6 +7,8 @@ callback logic lives here, so the tests drive it from Python and the notebooks o
     quant      chapter 2: quantizer transfer curves, weight histograms, the optimal binary scale, STE runs
     landscape  chapter 3: loss surfaces and Hessian eigenvalues drawn, the surface explorer, the model it
                looks at (numbers from binlab.analysis.landscape)
+    elastic    chapter 5: BiT's two sets on real MiniLM activations, optimal scales, the elastic explorer, the
+               straight-through gradients, all-zero attention rows, scale variants on a tiny BERT
     splitting  chapter 4: ternary weight splitting step by step, the printed coefficient's error, landscapes
                before and after splitting, split-then-fine-tune vs direct binarization on a tiny BERT
     viz        what the chapters share: show_source, markdown tables and sections
