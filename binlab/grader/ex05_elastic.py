@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from binlab.grader.checks import generator, randn, show
+from binlab.grader.checks import generator, one_number, randn, show, tensor_of_shape
 from binlab.grader.core import Check, CheckFailed, Exercise, Mistake, NotAttempted, Question, call, describe_error
 from binlab.quant import quantizers as Q
 
@@ -128,18 +128,6 @@ def _relu(seed, *shape):
     return torch.relu(randn(seed, *shape, dtype=torch.float64))
 
 
-def _as_output(got, x, what, on):
-    if got is None:
-        raise CheckFailed(f"{what} returned None on {on}: did you forget the return statement?")
-    try:
-        t = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got, dtype=torch.float64)
-    except Exception:  # noqa: BLE001
-        raise CheckFailed(f"{what} returned a {type(got).__name__} on {on}; expected a tensor of x's shape.") from None
-    if t.shape != x.shape:
-        raise CheckFailed(f"{what} returned shape {tuple(t.shape)} on {on}; expected x's shape {tuple(x.shape)}.")
-    return t
-
-
 def _same(a, b):
     """Equal up to float32 rounding of alpha (a wrong entry is off by alpha or more)."""
     return bool(torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-9))
@@ -187,7 +175,7 @@ def _check_forward(fn, x, alpha, beta, signed, on):
     want = _library(x, alpha, beta, signed).double()
     beta_in = beta.clone() if torch.is_tensor(beta) else beta
     x_in = x.clone()
-    got = _as_output(call(fn, x_in, alpha, beta_in, signed, on=on), x, "elastic_binarize", on)
+    got = tensor_of_shape(call(fn, x_in, alpha, beta_in, signed, on=on), "elastic_binarize", on, x.shape)
     if not torch.equal(x_in, x):
         raise CheckFailed(f"elastic_binarize changed its input x in place (on {on}).")
     if _same(got, want):
@@ -239,16 +227,7 @@ def _close(a, b):
 
 
 def _check_alpha(fn, x, signed, on):
-    got = call(fn, x.clone(), signed, on=on)
-    if got is None:
-        raise CheckFailed(f"optimal_alpha returned None on {on}: did you forget the return statement?")
-    try:
-        t = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got, dtype=torch.float64)
-    except Exception:  # noqa: BLE001
-        raise CheckFailed(f"optimal_alpha returned a {type(got).__name__} on {on}; expected one number.") from None
-    if t.numel() != 1:
-        raise CheckFailed(f"optimal_alpha returned {t.numel()} numbers on {on}; expected one alpha for the tensor.")
-    a = float(t.reshape(()))
+    a = one_number(call(fn, x.clone(), signed, on=on), "optimal_alpha", on, "one alpha for the tensor")
     want = Q.optimal_alpha(x, signed)
     if _close(a, want):
         return
@@ -360,7 +339,7 @@ def _q3_forward(obj):
         y = _apply(obj, xv, torch.tensor(alpha, dtype=x.dtype), signed, on)
         if not isinstance(y, torch.Tensor):
             raise CheckFailed(f"ElasticSTE.apply returned a {type(y).__name__} on {on}; expected a tensor.")
-        got = _as_output(y, x, "ElasticSTE.apply", on)
+        got = tensor_of_shape(y, "ElasticSTE.apply", on, x.shape)
         want = _library(x, alpha, 0.0, signed).double()
         if not _same(got, want):
             _diagnose_forward(got, x, alpha, 0.0, signed, want, on, "ElasticSTE")
