@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import torch
 from conftest import ROOT
 
 from binlab.files import atomic_write_text, load_tensors
-from binlab.train.optim import BertAdam, param_groups, warmup_linear
+from binlab.train.optim import BertAdam, make_optimizer, param_groups, warmup_linear
 
 
 
@@ -39,11 +40,13 @@ def _latest_step(out: Path) -> int:
         return -1
 
 
-def test_kill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("speedups", [(), ("--group-by-length", "--optimizer", "adamw_fused")],
+                         ids=["plain", "grouped-fused"])
+def test_kill_mid_epoch_then_resume_gives_the_same_weights(tmp_path, speedups):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_train_cmd(full), check=True, env=_env(), cwd=ROOT, capture_output=True, timeout=600)
+    subprocess.run(_train_cmd(full, *speedups), check=True, env=_env(), cwd=ROOT, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_train_cmd(killed), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train_cmd(killed, *speedups), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -58,8 +61,8 @@ def test_kill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     assert 0 < step_at_kill < 80 and not (killed / "results.json").exists(), "the run was not killed mid-way"
     assert step_at_kill % 40 != 0, "killed exactly at an epoch boundary; mid-epoch was wanted"
 
-    res = subprocess.run(_train_cmd(killed, "--resume"), env=_env(), cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(_train_cmd(killed, *speedups, "--resume"), env=_env(), cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resumed from step" in res.stdout
 
@@ -74,10 +77,40 @@ def test_kill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     ra = json.loads((full / "results.json").read_text())
     rb = json.loads((killed / "results.json").read_text())
     assert ra["steps"] == rb["steps"] == 80
+    assert ra["config"]["group_by_length"] is bool(speedups)
     assert ra["final"]["score"] == rb["final"]["score"]
     # the run leaves a Hugging Face directory of the best model, loadable without pickle
     assert (full / "best_model" / "model.safetensors").is_file()
     assert (full / "best_model" / "config.json").is_file()
+
+
+def test_resume_with_another_data_order_is_refused(tmp_path):
+    out = tmp_path / "run"
+    cmd = _train_cmd(out, "--max-steps", "4")
+    subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, capture_output=True, timeout=600)
+    res = subprocess.run(_train_cmd(out, "--max-steps", "4", "--group-by-length", "--resume"), env=_env(), cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "group_by_length=False" in res.stderr, res.stderr[-1000:]
+
+
+def test_fused_adamw_agrees_with_adamw_to_rounding():
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(37, 19), torch.nn.LayerNorm(19), torch.nn.Linear(19, 3))
+    weights = {}
+    for name in ("adamw", "adamw_fused"):
+        model = copy.deepcopy(base)
+        opt = make_optimizer(model, name, lr=1e-2)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    moved = (weights["adamw"] - torch.cat([p.detach().flatten() for p in base.parameters()])).abs().max()
+    assert moved > 1e-2  # the steps did move the weights
+    torch.testing.assert_close(weights["adamw_fused"], weights["adamw"], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'.*adamw_fused"):
+        make_optimizer(base, "adam")
 
 
 def test_training_learns_the_synthetic_task(tmp_path):

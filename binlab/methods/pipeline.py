@@ -35,6 +35,7 @@ from binlab.model import tiny_bert
 from binlab.quant.config import FFN_ACTS
 from binlab.tokenizer import load_tokenizer
 from binlab.train.evaluation import make_evaluator, predict
+from binlab.train.optim import OPTIMIZERS
 from binlab.train.trainer import TrainConfig, Trainer
 
 __all__ = ["RecipeConfig", "Recipe", "Run", "check_settings", "teacher_stage", "frozen", "stage_table", "read_summary",
@@ -292,7 +293,8 @@ TRAIN_FLAGS = {
     "epochs": "epochs (a recipe: the teacher's, when it fine-tunes one)",
     "batch_size": "training batch size",
     "max_length": "tokens per example (longer ones are truncated)",
-    "optimizer": "adamw, or bertadam: the papers' Adam (no bias correction, per-tensor clipping), methods.md §1",
+    "optimizer": "adamw; adamw_fused (the same update in one fused kernel: faster, equal to rounding); or bertadam: "
+                 "the papers' Adam (no bias correction, per-tensor clipping), methods.md §1",
     "warmup": "share of the steps with a linear warm-up",
     "weight_decay": "decoupled weight decay",
     "clip_lr": "learning rate of learned quantizer scales",
@@ -300,8 +302,8 @@ TRAIN_FLAGS = {
     "save_every": "checkpoint every N steps",
     "max_steps": "stop every stage after N steps (0: no cap)",
     "seed": "random seed (data order, initialisation, dropout)",
+    "group_by_length": "batches of similar length (less padding, faster steps; another data order)",
 }
-OPTIMIZERS = ("adamw", "bertadam")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -323,7 +325,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         if f.name in TRAIN_FLAGS:
             default = getattr(defaults, f.name)
-            kw = dict(choices=OPTIMIZERS) if f.name == "optimizer" else dict(type=type(default))
+            kw = (dict(choices=list(OPTIMIZERS)) if f.name == "optimizer" else
+                  dict(action="store_true") if isinstance(default, bool) else dict(type=type(default)))
             p.add_argument("--" + f.name.replace("_", "-"), default=default, help=f"{TRAIN_FLAGS[f.name]} "
                            f"(default: {default})", **kw)
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")

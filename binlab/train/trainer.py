@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from binlab.data.glue import select_texts
+from binlab.data.sampling import length_grouped_order, shuffled_order
 from binlab.files import atomic_save_tensors, atomic_write_text, fsync_dir, load_tensors
 from binlab.train.optim import clip_gradients, make_optimizer, make_schedule
 
@@ -48,13 +49,14 @@ class TrainConfig:
     warmup: float = 0.1
     weight_decay: float = 0.01
     clip_lr: float = 1e-4
-    optimizer: str = "adamw"          # "adamw" | "bertadam" (the papers' BertAdam, methods.md §1)
+    optimizer: str = "adamw"          # "adamw" | "adamw_fused" | "bertadam" (binlab.train.optim.OPTIMIZERS)
     grad_clip: float = 1.0
     eval_every: int = 500             # steps; 0 = only at the end of each epoch
     save_every: int = 200             # steps; checkpoints are also written at every evaluation
     keep_checkpoints: int = 1
     seed: int = 42
     max_steps: int = 0                # stop after this many steps (0 = run all epochs)
+    group_by_length: bool = False     # batches of similar length (binlab.data.sampling): less padding
     progress: bool = True
 
     def __post_init__(self):
@@ -149,7 +151,19 @@ class Trainer:
     # -- data order: a pure function of (seed, epoch), so a resumed run sees the same batches
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
-        return torch.randperm(len(self.train), generator=g)
+        if self.cfg.group_by_length:
+            return length_grouped_order(self.train_lengths(), self.cfg.batch_size, g)
+        return shuffled_order(len(self.train), g)
+
+    def train_lengths(self) -> torch.Tensor:
+        """The encoded length of every training example (tokens, at most ``max_length``), computed once."""
+        if getattr(self, "_lengths", None) is None:
+            chunks = []
+            for start in range(0, len(self.train), 1024):
+                a, b = select_texts(self.train, range(start, min(start + 1024, len(self.train))))
+                chunks.append(self.encode(a, b, self.cfg.max_length)["attention_mask"].sum(dim=1))
+            self._lengths = torch.cat(chunks)
+        return self._lengths
 
     def _batch(self, indices) -> dict:
         idx = [int(i) for i in indices]
@@ -196,6 +210,9 @@ class Trainer:
             return False
         ckpt = self._ckpt_root() / pointer.read_text().strip()
         meta = json.loads((ckpt / "trainer_state.json").read_text())
+        if meta["config"].get("group_by_length", False) != self.cfg.group_by_length:
+            raise ValueError(f"checkpoint {ckpt} was written with group_by_length="
+                             f"{meta['config'].get('group_by_length', False)}: resume with the same data order")
         if meta["config"].get("seed") != self.cfg.seed or meta["total_steps"] != self.total_steps:
             raise ValueError(f"checkpoint {ckpt} was written by a run with another seed or length; "
                              "use a new output directory or the same settings")
