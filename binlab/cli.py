@@ -19,6 +19,7 @@ import sys
 SUBCOMMANDS = {
     "bench": ("binlab.kernels.bench", "time binlab's bitwise kernels against torch on BERT shapes"),
     "grade": ("binlab.grader.cli", "grade an exercise notebook"),
+    "profile": ("binlab.methods.profile", "time one distillation step part by part, before and after the speed-ups"),
     "book": ("binlab.book", "execute every notebook headless and write HTML"),
     "train": ("binlab.methods.finetune", "fine-tune a (binarized) BERT on a GLUE task, or run a recipe"),
 }
