@@ -15,6 +15,7 @@ forward or the straight-through gradients::
     uniform_attention_rows(...)           BiT's all-zero attention: 4 mean(p) puts the threshold above 1/L
     all_zero_attention_rows(...)          the same counted by calibrate() on the real backbone, W1A1
     compare_activation_scales(...)        a tiny BERT with binary activations: no scale, fixed alpha*, learned alpha
+    learning_curves_figure(path)          the recorded GLUE runs' dev curves (docs/curves/, binlab.methods.curves)
 
 Interactive figures follow the book's pattern: ``make_xxx_explorer(...) -> (ui, fig, controls)``, with ``fig`` a
 plotly ``FigureWidget`` updated inside ``fig.batch_update()`` by the ``.observe`` callbacks of ``controls``, and
@@ -31,6 +32,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ipywidgets as W
 import numpy as np
@@ -42,6 +44,7 @@ from torch import Tensor
 
 from binlab.checkpoint import load_pretrained
 from binlab.data.glue import batches as glue_batches, load_glue
+from binlab.methods.curves import load_curves
 from binlab.model import BertConfig, BertForSequenceClassification, tiny_bert
 from binlab.quant import quantizers as Q
 from binlab.quant.config import QuantConfig
@@ -644,4 +647,27 @@ def scale_comparison_figure(comparison: ScaleComparison, smooth: int = 5):
     fig.update_layout(title=f"Tiny BERT ({s.get('quant')}, {s.get('data')}): how alpha is set changes training",
                       xaxis_title="training step", yaxis_title=f"cross-entropy loss (running mean of {smooth})",
                       height=420, legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def learning_curves_figure(curves: dict | str | Path, title: str | None = None):
+    """Dev score against training step for every curve of a :func:`binlab.methods.curves.save_curves` file (or the
+    dict it returns); a curve still running is dashed. Steps are per stage: a hop starts at 0 from the previous
+    hop's best model, so the curves of one chain share the x axis but not their starting weights."""
+    data = load_curves(curves) if isinstance(curves, (str, Path)) else curves
+    about = data.get("about", {})
+    fig = go.FigureWidget()
+    for c in data["curves"]:
+        steps, scores = zip(*c["points"]) if c["points"] else ((), ())
+        best = c.get("best")
+        label = c["label"] + (f" (best {100 * best:.1f})" if isinstance(best, (int, float)) else "")
+        fig.add_trace(go.Scatter(x=list(steps), y=[100 * s for s in scores], mode="lines+markers", name=label,
+                                 line=dict(dash="solid" if c.get("finished", True) else "dash")))
+    for ref in about.get("references", []):
+        fig.add_hline(y=ref["value"], line=dict(color="gray", dash="dot"), annotation_text=ref["label"],
+                      annotation_position="bottom right")
+    task, metric = about.get("task", "GLUE"), about.get("metric", "dev score")
+    fig.update_layout(title=title or f"{task}: dev {metric} while distilling, per stage",
+                      xaxis_title="training step of the stage (batch 32)", yaxis_title=f"dev {metric} (%)",
+                      height=460, legend=dict(orientation="h", y=-0.25))
     return fig
