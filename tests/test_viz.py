@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from hypothesis import given, settings, strategies as st
 
 from binlab.analysis import costs
@@ -242,3 +243,25 @@ def test_measure_speedups_and_figure():
     assert list(fig.data[2].y) == [3.0]
     assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
     assert len(bits.speedup_figure(measured).data) == 2
+
+
+def test_markdown_table_escapes_pipes_so_it_stays_one_table():
+    from md_tables import check_tables
+
+    rows = [{"module": "query", "mean |λ|": 0.5, "max|W1 + W2 − W|": "1e-7", "note": "a|b\nc"}]
+    text = viz.markdown_table(rows)
+    assert check_tables(text, "markdown_table") == 1
+    assert "mean \\|λ\\|" in text and "a\\|b c" in text
+    # the unescaped table is what the check exists to catch
+    raw = "| module | mean |λ| |\n|---|---:|\n| query | 0.5 |"
+    with pytest.raises(AssertionError, match="not parsed as one table"):
+        check_tables(raw, "raw")
+    with pytest.raises(AssertionError, match="3 columns where the header has 2"):
+        check_tables("| a | b |\n|---|---|\n| 1 | x|y |", "row")
+
+
+def test_results_md_tables_parse():
+    from md_tables import check_tables
+
+    assert check_tables((ROOT / "docs" / "results.md").read_text(), "docs/results.md") >= 5
+    assert check_tables((ROOT / "docs" / "benchmarks.md").read_text(), "docs/benchmarks.md") >= 2

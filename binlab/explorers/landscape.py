@@ -25,17 +25,21 @@ from binlab.checkpoint import load_pretrained, resolve_model_dir
 from binlab.data.glue import batches as glue_batches, load_glue
 from binlab.data.synthetic import SyntheticDataWarning
 from binlab.model import BertForSequenceClassification, tiny_bert
-from binlab.settings import fast_mode
+from binlab.settings import fast_mode, project_root
 from binlab.tokenizer import BertTokenizer
 from binlab.train.trainer import default_loss
 
 __all__ = [
-    "SST2_MODEL_ENV", "landscape_figure", "eigenvalue_figure", "make_landscape_explorer", "explorer_grid",
+    "SST2_MODEL_ENV", "DEFAULT_SST2_RUN", "SST2_TRAIN_COMMAND", "landscape_figure", "eigenvalue_figure", "make_landscape_explorer", "explorer_grid",
     "train_briefly", "LandscapeSetup", "setup_sst2",
 ]
 
 #: Environment variable naming a fine-tuned SST-2 checkpoint directory (what ``binlab train`` writes).
 SST2_MODEL_ENV = "BINLAB_SST2_MODEL"
+#: Where the chapter looks for a fine-tuned SST-2 model when none is given: the run docs/results.md's command makes.
+DEFAULT_SST2_RUN = "runs/sst2-fp"
+SST2_TRAIN_COMMAND = ("binlab train --task sst2 --glue-dir ../shared/data/glue --threads 1 --lr 5e-5 --epochs 1 "
+                      "--batch-size 32 --max-length 64 --out runs/sst2-fp")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,6 +270,8 @@ def setup_sst2(model_dir: str | os.PathLike | None = None, fast: bool | None = N
     env_dir = os.environ.get(SST2_MODEL_ENV) or None
     chosen = model_dir if model_dir is not None else env_dir
     where = "model_dir" if model_dir is not None else f"${SST2_MODEL_ENV}"
+    if chosen is None and (project_root() / DEFAULT_SST2_RUN / "best_model" / "config.json").is_file():
+        chosen, where = project_root() / DEFAULT_SST2_RUN, f"found {DEFAULT_SST2_RUN}/ in the checkout"
 
     if chosen is not None and not fast:
         run_dir = Path(chosen).expanduser()
@@ -287,18 +293,24 @@ def setup_sst2(model_dir: str | os.PathLike | None = None, fast: bool | None = N
     if fast:
         why = "Fast mode (BINLAB_FAST=1)" + (f": {where} is set but ignored" if chosen is not None else "")
     else:
-        why = (f"No fine-tuned SST-2 checkpoint given (pass model_dir= or set ${SST2_MODEL_ENV} to the directory "
-               "that `binlab train` wrote): falling back to the fast-mode model")
+        why = (f"No fine-tuned SST-2 checkpoint: none given (model_dir= or ${SST2_MODEL_ENV}) and no "
+               f"{DEFAULT_SST2_RUN}/ in the checkout (`{SST2_TRAIN_COMMAND}` makes it). Falling back to the "
+               "fast-mode model")
     tokenizer = BertTokenizer.from_dir(resolve_model_dir(None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntheticDataWarning)
         split = load_glue("sst2", "train", source="synthetic", max_examples=max(num_train, num_eval), seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread beats several (80 s against 3 s on two busy cores)
     with torch.random.fork_rng(devices=[]):
         model = tiny_bert(2, vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3,
                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=max_length,
                           dropout=0.0, seed=seed)
         train = _encode(tokenizer, split, batch_size, max_length)
-        losses = train_briefly(model, train, train_steps, lr=lr, seed=seed)
+        try:
+            losses = train_briefly(model, train, train_steps, lr=lr, seed=seed)
+        finally:
+            torch.set_num_threads(threads)
     batches = _encode(tokenizer, split[:num_eval], batch_size, max_length)
     description = (f"{why}. A tiny BERT (hidden 32, 3 layers, 4 heads, MiniLM's WordPiece vocabulary) trained "
                    f"for {train_steps} AdamW steps on {len(split)} SYNTHETIC SST-2 sentences (binlab's generator, "

@@ -119,7 +119,9 @@ def parse_number(cell: str) -> float | None:
 def markdown_table(rows: list[dict], columns: list[str] | dict[str, str] | None = None,
                    formats: dict[str, str] | None = None) -> str:
     """A pipe table from dicts. ``columns``: the keys to show (a dict maps key -> header);
-    ``formats``: a format spec per key (``{"MiB": ".1f"}``). Numbers are right-aligned."""
+    ``formats``: a format spec per key (``{"MiB": ".1f"}``). Numbers are right-aligned. A ``|`` inside a header
+    or a cell ("mean |λ|") is escaped as ``\\|`` (GFM), a line break becomes a space, so that the table stays one
+    table with its own number of columns."""
     if not rows:
         raise ValueError("markdown_table: no rows")
     if columns is None:
@@ -127,14 +129,17 @@ def markdown_table(rows: list[dict], columns: list[str] | dict[str, str] | None 
     headers = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
     formats = formats or {}
 
+    def escape(text) -> str:
+        return " ".join(str(text).replace("\\|", "|").replace("|", "\\|").splitlines())
+
     def cell(row, key):
         value = row.get(key, "")
         if key in formats and value not in ("", None):
-            return format(value, formats[key])
-        return str(value)
+            return escape(format(value, formats[key]))
+        return escape(value)
 
     numeric = {k: all(isinstance(r.get(k), (int, float)) for r in rows) for k in headers}
-    out = ["| " + " | ".join(headers.values()) + " |",
+    out = ["| " + " | ".join(escape(h) for h in headers.values()) + " |",
            "|" + "|".join("---:" if numeric[k] else "---" for k in headers) + "|"]
     out += ["| " + " | ".join(cell(r, k) for k in headers) + " |" for r in rows]
     return "\n".join(out)
