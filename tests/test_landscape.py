@@ -466,11 +466,25 @@ def test_setup_fast_mode_trains_a_tiny_model_and_says_so(tiny_setup, monkeypatch
     assert not s.model.training
 
 
-def test_setup_falls_back_without_a_checkpoint_and_says_so(monkeypatch):
+def test_setup_falls_back_without_a_checkpoint_and_says_so(monkeypatch, tmp_path):
     monkeypatch.delenv(EL.SST2_MODEL_ENV, raising=False)
+    monkeypatch.setenv("BINLAB_ROOT", str(tmp_path))  # a checkout without runs/
+    threads = torch.get_num_threads()
     s = EL.setup_sst2(fast=False, num_train=16, num_eval=8, train_steps=1, batch_size=8)
     assert s.source == "tiny" and "No fine-tuned SST-2 checkpoint" in s.description
-    assert EL.SST2_MODEL_ENV in s.description
+    assert EL.SST2_MODEL_ENV in s.description and EL.SST2_TRAIN_COMMAND in s.description
+    assert torch.get_num_threads() == threads  # the one-thread setting of the tiny model is given back
+
+
+def test_setup_finds_the_checkouts_sst2_run_by_itself(tiny_setup, monkeypatch, tmp_path):
+    from binlab.checkpoint import save_pretrained
+
+    monkeypatch.delenv(EL.SST2_MODEL_ENV, raising=False)
+    monkeypatch.setenv("BINLAB_ROOT", str(tmp_path))
+    monkeypatch.setenv("BINLAB_GLUE_SOURCE", "synthetic")
+    save_pretrained(tiny_setup.model, tmp_path / EL.DEFAULT_SST2_RUN / "best_model", tokenizer=tiny_setup.tokenizer)
+    s = EL.setup_sst2(fast=False, num_eval=8, batch_size=8)
+    assert s.source == "checkpoint" and f"found {EL.DEFAULT_SST2_RUN}/" in s.description
 
 
 def test_setup_loads_a_checkpoint_in_full_mode(tiny_setup, tmp_path, monkeypatch):

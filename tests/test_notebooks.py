@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from md_tables import check_tables
 
 from binlab.book import execute_notebook, find_notebooks
 
@@ -30,7 +31,13 @@ def test_notebook_is_stripped(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_notebook_runs_in_fast_mode(path):
-    execute_notebook(path, fast=True, timeout=600)
+    nb = execute_notebook(path, fast=True, timeout=600)
+    # every table the notebook shows (its markdown cells and the Markdown it displays) is one GFM table
+    for i, cell in enumerate(nb.cells):
+        texts = ["".join(cell.source)] if cell.cell_type == "markdown" else [
+            "".join(out.get("data", {}).get("text/markdown", "")) for out in cell.get("outputs", [])]
+        for text in texts:
+            check_tables(text, f"{path.name} cell {i}")
 
 
 def test_notebooks_import_binlab_instead_of_copying():
