@@ -230,8 +230,11 @@ def test_resume_skips_finished_hops_and_refuses_other_settings(chain_run):
 
 def test_bit_star_is_one_hop(tmp_path):
     summary, _ = run_quietly(tiny_cfg(tmp_path / "star", chain="1", qkv_threshold=False, alpha_init="optimal",
-                                      max_steps=1))
+                                      hidden_loss="normalized", max_steps=1))
     assert [r["stage"] for r in summary["stages"]] == ["teacher", "hop1_w1a1"]
+    assert summary["hidden_loss"] == "normalized" and "relative error" in summary["stages"][1]["loss"]
+    with pytest.raises(ValueError, match="hidden_loss must be one of"):
+        tiny_cfg(tmp_path / "bad", hidden_loss="cosine")
     assert load_pretrained(tmp_path / "star" / "hop1_w1a1" / "best_model", verbose=False).config.quant == \
         hop_quant(1, qkv_threshold=False, alpha_init="optimal")
 

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from binlab.methods.distill import (KD_KINDS, attention_score_mse, bibert_loss, binarybert_stage1_loss, bit_loss,
-                            direction_distance, direction_matching_loss, hidden_state_mse, make_kd_loss,
-                            prediction_loss, similarity_matrix, soft_cross_entropy)
+                            bit_normalized_loss, direction_distance, direction_matching_loss, hidden_state_mse,
+                            make_kd_loss, prediction_loss, relative_hidden_distance, similarity_matrix,
+                            soft_cross_entropy)
 from binlab.model import tiny_bert
 from binlab.quant.config import QuantConfig
 
@@ -112,6 +113,21 @@ def test_hidden_mse_sums_unweighted_layer_means():
         hidden_state_mse(hs, ht[:2])
 
 
+def test_relative_hidden_distance_averages_each_states_error_over_its_energy():
+    g = torch.Generator().manual_seed(4)
+    ht = [torch.randn(2, 5, 8, generator=g) * scale for scale in (1.0, 10.0, 0.1)]
+    hs = [t + 0.5 * torch.randn(t.shape, generator=g) * t.abs().mean() for t in ht]
+    expected = sum(float(((a - b) ** 2).sum() / (b ** 2).sum()) for a, b in zip(hs, ht)) / 3
+    assert float(relative_hidden_distance(hs, ht)) == pytest.approx(expected, rel=1e-6)
+    # scale-free: multiplying a state of both models by 100 changes nothing (the MSE grows 10,000 times)
+    big = [100 * h for h in hs[:1]] + hs[1:], [100 * h for h in ht[:1]] + ht[1:]
+    assert float(relative_hidden_distance(*big)) == pytest.approx(expected, rel=1e-5)
+    assert float(relative_hidden_distance(ht, ht)) == 0.0
+    assert float(relative_hidden_distance([torch.zeros(2, 3)], [torch.ones(2, 3)])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same number of layers"):
+        relative_hidden_distance(hs, ht[:2])
+
+
 def test_stage1_and_bit_on_model_outputs():
     teacher, student = tiny().eval(), tiny("w2a8", seed=1).eval()
     b = make_batch()
@@ -124,6 +140,9 @@ def test_stage1_and_bit_on_model_outputs():
     assert float(binarybert_stage1_loss(s, t)) == pytest.approx(expected1)
     expected_bit = float(soft_cross_entropy(s.logits, t.logits) + hidden_state_mse(s.hidden_states, t.hidden_states))
     assert float(bit_loss(s, t)) == pytest.approx(expected_bit)
+    expected_norm = float(soft_cross_entropy(s.logits, t.logits)
+                          + relative_hidden_distance(s.hidden_states, t.hidden_states))
+    assert float(bit_normalized_loss(s, t)) == pytest.approx(expected_norm)
     assert float(binarybert_stage1_loss(t, t)) == 0.0
     wide = tiny(num_attention_heads=8).eval()  # different head count: the scores do not pair up
     with pytest.raises(ValueError, match="equal head counts"):

@@ -45,11 +45,13 @@ from binlab.methods.pipeline import (Recipe, RecipeConfig, Run, check_settings, 
 from binlab.quant.config import ALPHA_INITS, FFN_ACTS, QuantConfig
 from binlab.train.calibration import calibrate, calibration_batch
 
-__all__ = ["CHAIN_BITS", "BitConfig", "hop_quant", "hop_names", "parse_chain", "run_bit", "summary_markdown",
+__all__ = ["CHAIN_BITS", "HIDDEN_LOSSES", "BitConfig", "hop_quant", "hop_names", "parse_chain", "run_bit", "summary_markdown",
            "add_arguments", "run_from_args", "RECIPE"]
 
 #: Activation bit-widths a hop can have; a chain steps down through some of them and ends at 1.
 CHAIN_BITS = (8, 4, 2, 1)
+#: ``--hidden-loss`` -> the distillation kind of :data:`binlab.methods.distill.KD_KINDS` every hop uses.
+HIDDEN_LOSSES = {"mse": "bit", "normalized": "bit_normalized"}
 
 
 @dataclass
@@ -67,6 +69,8 @@ class BitConfig(RecipeConfig):
         alpha_init: ``"code"`` or ``"optimal"`` (:data:`binlab.quant.config.ALPHA_INITS`).
         ffn_act: the students' FFN activation; None keeps BiT's ReLU.
         calibration_examples: training sentences the scales of each hop are calibrated on.
+        hidden_loss: ``"mse"`` (BiT: the sum of the hidden-state MSEs) or ``"normalized"`` (binlab's variant: their
+            errors relative to the teacher's, averaged; :data:`HIDDEN_LOSSES`).
     """
 
     chain: tuple[int, ...] = (2, 1)
@@ -78,6 +82,7 @@ class BitConfig(RecipeConfig):
     alpha_init: str = "code"
     ffn_act: str | None = None
     calibration_examples: int = 128
+    hidden_loss: str = "mse"
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,7 +90,8 @@ class BitConfig(RecipeConfig):
         for name in ("kd_lr", "kd_epochs", "calibration_examples"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"BitConfig.{name} must be positive, got {getattr(self, name)!r}")
-        choices = {"teacher_mode": TEACHER_MODES, "regression_loss": REGRESSION_LOSSES, "alpha_init": ALPHA_INITS}
+        choices = {"teacher_mode": TEACHER_MODES, "regression_loss": REGRESSION_LOSSES, "alpha_init": ALPHA_INITS,
+                   "hidden_loss": tuple(HIDDEN_LOSSES)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"BitConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -125,7 +131,8 @@ def run_bit(cfg: BitConfig, resume: bool = False, command: str | None = None) ->
     """Run the teacher stage and every hop of ``cfg.chain`` (module docstring); returns the summary dict."""
     check_settings(Path(cfg.out), cfg, resume)
     run = Run("bit", cfg, resume, command)
-    run.summary_fields = {"chain": list(cfg.chain), "qkv_threshold": cfg.qkv_threshold, "alpha_init": cfg.alpha_init}
+    run.summary_fields = {"chain": list(cfg.chain), "qkv_threshold": cfg.qkv_threshold, "alpha_init": cfg.alpha_init,
+                          "hidden_loss": cfg.hidden_loss}
     run.markdown = summary_markdown
     print(f"data: {run.train.describe()}\n      {run.dev.describe()}", flush=True)
 
@@ -137,9 +144,11 @@ def run_bit(cfg: BitConfig, resume: bool = False, command: str | None = None) ->
         student = load_pretrained(source, quant=quant, verbose=False)
         report = calibrate(student, calib)
         print(f"[{name}] {report.describe()}", flush=True)
-        loss = make_kd_loss("bit", teacher, run.num_labels, cfg.teacher_mode, regression_loss=cfg.regression_loss)
+        loss = make_kd_loss(HIDDEN_LOSSES[cfg.hidden_loss], teacher, run.num_labels, cfg.teacher_mode,
+                            regression_loss=cfg.regression_loss)
         pred = "soft CE(logits)" if run.num_labels > 1 or cfg.regression_loss == "soft_ce" else "MSE(logits)"
-        info = {"init": f"{source_name}'s weights, {quant.label}", "loss": f"BiT: {pred} + MSE(hidden states)",
+        hidden = "MSE(hidden states)" if cfg.hidden_loss == "mse" else "mean relative error(hidden states)"
+        info = {"init": f"{source_name}'s weights, {quant.label}", "loss": f"BiT: {pred} + {hidden}",
                 "teacher": source_name, "teacher_dir": str(source), "teacher_mode": cfg.teacher_mode,
                 "calibration": report.to_dict()}
         results = run.train_stage(name, student, loss, cfg.kd_lr, cfg.kd_epochs, info)
@@ -154,7 +163,8 @@ def summary_markdown(summary: dict) -> str:
     """The summary as a markdown table, one row per stage."""
     chain = " -> ".join(["FP", *(f"W1A{b}" for b in summary["chain"])])
     head = (f"BiT recipe on {summary['task']} ({chain}; Q/K/V thresholds "
-            f"{'on' if summary['qkv_threshold'] else 'off (as the code)'}, alpha init {summary['alpha_init']}; "
+            f"{'on' if summary['qkv_threshold'] else 'off (as the code)'}, alpha init {summary['alpha_init']}"
+            f"{', normalized hidden loss' if summary.get('hidden_loss') == 'normalized' else ''}; "
             f"{summary['n_train']} train / {summary['n_dev']} dev examples"
             f"{', SYNTHETIC data' if summary.get('synthetic') else ''})")
     return head + "\n\n" + stage_table(summary)
@@ -174,6 +184,9 @@ def add_arguments(p) -> None:
                    help="no learned thresholds on Q, K, V (BiT's code; default: the paper's thresholds)")
     g.add_argument("--alpha-init", default="code", choices=ALPHA_INITS,
                    help="start of the scales: code (2 / 4 mean|x|, the published runs) or optimal (the paper's alpha*)")
+    g.add_argument("--hidden-loss", default="mse", choices=list(HIDDEN_LOSSES),
+                   help="mse (BiT: sum of the hidden-state MSEs) or normalized (their errors relative to the "
+                        "teacher's, averaged over the states: the logits keep their weight)")
     g.add_argument("--calibration-examples", type=int, default=128,
                    help="training sentences each hop's scales are calibrated on (default: 128)")
 
@@ -185,7 +198,7 @@ def run_from_args(args) -> int:
     cfg = BitConfig(**recipe_kwargs_from_args(args), chain=args.chain, kd_lr=args.kd_lr, kd_epochs=args.kd_epochs,
                     teacher_mode=args.teacher_mode or "eval", regression_loss=args.regression_loss,
                     qkv_threshold=not args.no_qkv_threshold, alpha_init=args.alpha_init, ffn_act=args.ffn_act,
-                    calibration_examples=args.calibration_examples)
+                    calibration_examples=args.calibration_examples, hidden_loss=args.hidden_loss)
     run_bit(cfg, resume=args.resume, command=command_line())
     return 0
 

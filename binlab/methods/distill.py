@@ -9,6 +9,7 @@ precision projections (B, H, L, d). Subscripts s (student) and t (teacher). Form
     BinaryBERT 1      L = sum_l MSE(A_s^l, A_t^l)  +  sum_{l=0..N} MSE(H_s^l, H_t^l)    (masked scores set to 0)
     BinaryBERT 2      L = SCE(z_s, z_t)                        (regression: MSE(z_s, z_t))
     BiT               L = SCE(z_s, z_t) + sum_{l=0..N} MSE(H_s^l, H_t^l)               (one joint stage)
+    BiT, normalised   L = SCE(z_s, z_t) + mean_{l=0..N} ||H_s^l - H_t^l||^2 / ||H_t^l||^2   (binlab's variant)
     BiBERT (DMD)      L = L_pred + sum_l sum_{F in Q,K,V} D(F_s F_s^T / sqrt d, F_t F_t^T / sqrt d)
                              + sum_{l=0..N} D(H_s^l, H_t^l),
                       D(S, T) = || S / ||S||_F - T / ||T||_F ||_F,
@@ -36,7 +37,8 @@ from binlab.model import MASK_VALUE
 __all__ = [
     "soft_cross_entropy", "prediction_loss", "attention_score_mse", "hidden_state_mse",
     "similarity_matrix", "direction_distance", "direction_matching_loss",
-    "binarybert_stage1_loss", "binarybert_stage2_loss", "bit_loss", "bibert_loss",
+    "relative_hidden_distance", "binarybert_stage1_loss", "binarybert_stage2_loss", "bit_loss",
+    "bit_normalized_loss", "bibert_loss",
     "KDKind", "KD_KINDS", "make_kd_loss", "MASKED_SCORE", "REGRESSION_LOSSES", "TEACHER_MODES",
 ]
 
@@ -107,6 +109,16 @@ def hidden_state_mse(student_hidden: Sequence[Tensor], teacher_hidden: Sequence[
     return sum(F.mse_loss(s, t) for s, t in zip(student_hidden, teacher_hidden))
 
 
+def relative_hidden_distance(student_hidden: Sequence[Tensor], teacher_hidden: Sequence[Tensor]) -> Tensor:
+    """mean_{l=0..N} ||H_s^l - H_t^l||^2 / ||H_t^l||^2: each hidden state's error relative to the teacher's energy
+    (0 = exact, 1 = as far as predicting zeros), averaged over the states. Unlike the sum of MSEs it does not
+    grow with the depth or with the size of a layer's activations, so the logit term keeps its weight."""
+    _check_pairs("hidden_states", student_hidden, teacher_hidden)
+    terms = [((s - t) ** 2).sum() / (t ** 2).sum().clamp_min(torch.finfo(t.dtype).tiny)
+             for s, t in zip(student_hidden, teacher_hidden)]
+    return sum(terms) / len(terms)
+
+
 def similarity_matrix(f: Tensor) -> Tensor:
     """F F^T / sqrt(d) for F of shape (B, H, L, d): the (B, H, L, L) token-similarity matrix of BiBERT's DMD."""
     return f @ f.transpose(-1, -2) / math.sqrt(f.shape[-1])
@@ -165,6 +177,14 @@ def bit_loss(student, teacher, regression: bool = False, regression_loss: str = 
             + hidden_state_mse(student.hidden_states, teacher.hidden_states))
 
 
+def bit_normalized_loss(student, teacher, regression: bool = False, regression_loss: str = "mse",
+                        temperature: float = 1.0) -> Tensor:
+    """BiT's loss with :func:`relative_hidden_distance` in place of the sum of hidden-state MSEs (binlab's variant,
+    ``--hidden-loss normalized``): SCE(z_s, z_t) + mean_l ||H_s^l - H_t^l||^2 / ||H_t^l||^2."""
+    return (prediction_loss(student.logits, teacher.logits, regression, regression_loss, temperature)
+            + relative_hidden_distance(student.hidden_states, teacher.hidden_states))
+
+
 def bibert_loss(student, teacher, labels: Tensor | None = None, regression: bool = False,
                 temperature: float = 1.0) -> Tensor:
     """BiBERT: L_pred + DMD, L_pred = SCE(z_s, z_t) + 0.5 CE(z_s, y) (classification) or MSE(z_s, z_t)."""
@@ -198,6 +218,8 @@ KD_KINDS = {
                                 lambda s, t, batch, reg, reg_loss, T: binarybert_stage2_loss(s, t, reg, reg_loss, T)),
     "bit": KDKind(dict(output_hidden_states=True), "train",
                   lambda s, t, batch, reg, reg_loss, T: bit_loss(s, t, reg, reg_loss, T)),
+    "bit_normalized": KDKind(dict(output_hidden_states=True), "train",
+                             lambda s, t, batch, reg, reg_loss, T: bit_normalized_loss(s, t, reg, reg_loss, T)),
     "bibert": KDKind(dict(output_hidden_states=True, output_qkv=True), "eval",
                      lambda s, t, batch, reg, reg_loss, T: bibert_loss(s, t, batch.get("labels"), reg, T)),
 }
