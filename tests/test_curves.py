@@ -36,6 +36,13 @@ def test_a_finished_and_a_running_stage(finished_run, tmp_path):
     (running / "results.json").unlink()
     partial = stage_curve(running)
     assert not partial["finished"] and partial["points"] == done["points"] and partial["total_steps"] == 6
+    # before its first evaluation a stage has no best score (not -inf, which is not JSON)
+    ckpt = running / "checkpoints" / (running / "checkpoints" / "latest").read_text().strip() / "trainer_state.json"
+    meta = json.loads(ckpt.read_text())
+    meta["state"].update(history=[], best_score=float("-inf"))
+    ckpt.write_text(json.dumps(meta))
+    fresh = stage_curve(running)
+    assert fresh["points"] == [] and fresh["best"] is None and fresh["final"] is None
     with pytest.raises(FileNotFoundError, match="neither results.json nor a checkpoint"):
         stage_curve(tmp_path)
 

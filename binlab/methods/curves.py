@@ -37,7 +37,8 @@ def stage_curve(folder: str | Path) -> dict:
         meta = json.loads((folder / "checkpoints" / pointer.read_text().strip() / "trainer_state.json").read_text())
         state = meta["state"]
         history, finished, total = state["history"], False, meta["total_steps"]
-        best, final, wall = state["best_score"], (history[-1]["score"] if history else None), state["elapsed_s"]
+        best = state["best_score"] if history else None  # -inf before the first evaluation
+        final, wall = (history[-1]["score"] if history else None), state["elapsed_s"]
         command, config = None, meta["config"]  # the command is recorded in results.json at the end
     return {"points": [[h["step"], h["score"]] for h in history], "finished": finished, "total_steps": total,
             "best": best, "final": final, "wall_time_s": wall, "command": command, "config": config}
