@@ -224,11 +224,13 @@ def test_check_prints_feedback_and_finds_the_function_itself(capsys):
 
 def test_hints(capsys):
     q = ex01_popcount.q1
-    q.hint()
+    q.hint(1)
     out = capsys.readouterr().out
-    assert out.startswith("Hint 1 for Q1") and "q1.hint(2)" in out
-    q.hint(2)
-    assert "Hint 2" in capsys.readouterr().out
+    assert out.startswith("Hint 1 of 2 for Q1") and "q1.hint() again shows hint 2" in out
+    q.hint()  # the next one, not hint 1 again
+    assert capsys.readouterr().out.startswith("Hint 2 of 2 for Q1")
+    q.hint()
+    assert "no more hints" in capsys.readouterr().out
     q.hint(9)
     assert "hints 1 to 2" in capsys.readouterr().out
 
@@ -336,6 +338,7 @@ def test_mixed_notebook_grades_each_question_on_its_own(mixed_run):
     assert result["points"] == 6 and result["max_points"] == 10
     assert any("NameError" in n and "undefined_name" in n for n in result["notes"])
     assert any("'while True:'" in n and "longer than 6 s" in n for n in result["notes"])
+    assert not any("code cell" in n for n in result["notes"])  # JupyterLab shows no cell numbers
     assert seconds < 120
 
 

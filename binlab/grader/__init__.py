@@ -4,7 +4,7 @@ Inside an exercise notebook a learner checks one question at a time::
 
     from binlab.grader.ex01_popcount import q1, q2, q3, q4
     q1.check(pack_signs)     # feedback: what was expected, what came back, on which input
-    q1.hint()                # q1.hint(2) for the next one
+    q1.hint()                # again for the next one (q1.hint(2): hint 2)
     q1.solution()            # prints the reference solution's source
 
 From a terminal, ``binlab grade NOTEBOOK`` executes the whole notebook headless, grades every

@@ -10,6 +10,12 @@ Vocabulary
 * A check is a plain function ``check(obj) -> None`` that calls the learner's object on known inputs
   and raises :class:`CheckFailed` with a message written for the learner (what was expected, what
   came back, on which input) when the answer is wrong.
+* A question's ``uses`` are the earlier questions whose answers the learner's object may call by name
+  (exercise 1's ``xnor_dot`` calls ``popcount64`` from Q2). When such an object loses points and one
+  of those earlier answers fails its own checks, the question is graded again with the reference
+  versions of the failing earlier answers bound in the learner's namespace: it gets the better of
+  the two grades, and the feedback names the earlier answer at fault ("your popcount64 from Q2 fails
+  its check; fix it first") instead of blaming a formula that is right.
 
 How a learner's code is run (and why it cannot take the grader down)
 --------------------------------------------------------------------
@@ -43,6 +49,7 @@ cell per question, ``q1.check(my_function)``.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import importlib
@@ -52,6 +59,7 @@ import json
 import linecache
 import os
 import pkgutil
+import re
 import select
 import signal
 import sys
@@ -423,6 +431,79 @@ def run_isolated(target: Callable[[], dict], time_limit: float) -> dict:
     return payload
 
 
+# ------------------------------------------------------------------------- earlier answers
+def _namespace_of(obj: Any) -> dict | None:
+    """The global namespace in which ``obj`` looks names up (a notebook's globals, for a function or class
+    defined in it), or None when it has none that can be found."""
+    func = getattr(obj, "__func__", obj)  # a bound method: its function
+    namespace = getattr(func, "__globals__", None)
+    if namespace is None and inspect.isclass(obj):
+        namespace = getattr(sys.modules.get(obj.__module__), "__dict__", None)
+    return namespace if isinstance(namespace, dict) else None
+
+
+@contextlib.contextmanager
+def _names_bound(namespace: dict | None, objects: Mapping[str, Any]):
+    """Bind each name of ``objects`` to its object in ``namespace`` meanwhile (a learner's earlier answer
+    replaced by the reference one); the old bindings come back afterwards, a name that was absent goes."""
+    if namespace is None or not objects:
+        yield
+        return
+    absent = object()
+    old = {name: namespace.get(name, absent) for name in objects}
+    namespace.update(objects)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is absent:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+
+
+_FAULTS = {  # status of an earlier answer's own grade -> what is wrong with it, told to the learner
+    NOT_ATTEMPTED: "is not written yet (it still raises NotImplementedError); write it first",
+    TIME_LIMIT: "runs past the time limit; fix it first ({check} says more)",
+    CRASHED: "crashes the process that runs it; fix it first ({check} says more)",
+}
+_FAULT = "fails its check; fix it first ({check} says what is wrong)"  # any other status
+
+
+def _fault(question: Question, obj: Any, result: QuestionResult) -> str:
+    """'your popcount64 from Q2 fails its check; fix it first (...)': an earlier answer at fault."""
+    if obj is None:
+        return f"there is no {question.func_name} (the answer to {question.label}) in the notebook; run its cell first"
+    what = _FAULTS.get(result.status, _FAULT).format(check=f"{question.name}.check({question.func_name})")
+    return f"your {question.func_name} from {question.label} {what}"
+
+
+def _outcome(result: QuestionResult) -> tuple:
+    """What a grade says (not how long it took or what was printed): two equal outcomes read the same."""
+    return (result.status, result.points, result.message,
+            [(c.name, c.passed, c.message) for c in result.checks])
+
+
+# -------------------------------------------------------------------------------- solutions
+def _without_docstrings(source: str) -> str:
+    """``source`` (a function's or a class's) without the docstrings of it and of what it defines.
+
+    The learner's stub already has the docstring; the solution shows only the code. A docstring that is
+    a body's only statement stays (the body would be empty), and so do comments.
+    """
+    lines = source.splitlines(keepends=True)
+    drop: set[int] = set()  # 0-based line numbers
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or len(node.body) < 2:
+            continue
+        first, after = node.body[0], node.body[1]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            drop.update(range(first.lineno - 1, first.end_lineno))
+            start = min([after.lineno] + [d.lineno for d in getattr(after, "decorator_list", [])]) - 1
+            drop.update(i for i in range(first.end_lineno, start) if not lines[i].strip())  # blank lines after it
+    return "".join(line for i, line in enumerate(lines) if i not in drop)
+
+
 # ---------------------------------------------------------------------------------- question
 class Question:
     """One question: the name of the object to write, hidden checks, hints and the solution.
@@ -430,21 +511,26 @@ class Question:
     In a notebook::
 
         q1.check(pack_signs)   # grade it now, print feedback (q1.check() finds pack_signs itself)
-        q1.hint()              # first hint; q1.hint(2) the second one
-        q1.solution()          # print the reference solution's source
+        q1.hint()              # the first hint; called again, the next one (q1.hint(2): hint 2)
+        q1.solution()          # print the reference solution's code
+
+    ``uses`` lists the earlier questions whose answers the learner's object may call by name (see the
+    module docstring): ``Question("q3", "xnor_dot", ..., uses=[q2])``.
     """
 
     def __init__(self, name: str, func_name: str, title: str, checks: Iterable[Check],
                  hints: Iterable[str] = (), solution: Any = None, time_limit: float | None = None,
-                 congrats: str = ""):
+                 congrats: str = "", uses: Iterable[Question] = ()):
         self.name = name
         self.func_name = func_name
         self.title = title
         self.checks = list(checks)
-        self.hints = [textwrap.dedent(h).strip() for h in hints]
+        self.hints = [inspect.cleandoc(h) for h in hints]  # a docstring's indentation removed
         self.reference = solution
         self.time_limit = time_limit
         self.congrats = congrats
+        self.uses = list(uses)
+        self._next_hint = 1  # what hint() without a number shows
         if not self.checks:
             raise ValueError(f"question {name} has no checks")
         if any(c.points <= 0 for c in self.checks):
@@ -497,28 +583,94 @@ class Question:
         summary = f"{len(failed)} of {len(results)} checks failed."
         return self._result(status, points, summary, results)
 
-    def grade(self, obj: Any, *, time_limit: float | None = None, isolate: bool = True) -> QuestionResult:
+    def grade(self, obj: Any, *, time_limit: float | None = None, isolate: bool = True,
+              earlier: Mapping[str, QuestionResult] | None = None) -> QuestionResult:
         """Grade ``obj`` (the learner's function or class) and return a :class:`QuestionResult`.
 
         ``None`` (nothing defined) is "not attempted". With ``isolate`` (the default) the checks
         run in a forked child killed after ``time_limit`` seconds (default: the question's own limit,
-        else ``$BINLAB_GRADER_TIME_LIMIT``, else :data:`DEFAULT_TIME_LIMIT`).
+        else ``$BINLAB_GRADER_TIME_LIMIT``, else :data:`DEFAULT_TIME_LIMIT`). When ``obj`` loses points
+        and an earlier answer it may call (``uses``) fails its own checks, it is graded again with the
+        reference version of that answer (see the module docstring). ``earlier`` holds the grades of
+        earlier questions already graded on the same namespace (``{"q2": result}``), so that they are
+        not graded twice.
         """
         if obj is None:
             return self._result(NOT_ATTEMPTED, 0,
                                 f"there is no {self.func_name} in the notebook: run the cell that defines it.")
         limit = time_limit or self.time_limit or time_limit_default()
+        result = self._run(obj, limit, isolate)
+        own_stub = result.status == NOT_ATTEMPTED and f"{self.label}: {self.func_name}" in result.message
+        if result.full_marks or not self.uses or own_stub:  # own_stub: its NotImplementedError names this question
+            return result
+        faulty = self._faulty_uses(obj, time_limit, isolate, dict(earlier or {}))
+        if not faulty:
+            return result
+        again = self._run(obj, limit, isolate, {q.func_name: q.reference for q, _ in faulty})
+        return self._blame(result, again, faulty)
+
+    def _run(self, obj: Any, limit: float, isolate: bool, bound: Mapping[str, Any] | None = None) -> QuestionResult:
+        """Run the checks on ``obj`` (in a child with a time limit, or here), the names of ``bound`` bound to
+        its objects in ``obj``'s namespace meanwhile."""
+        namespace = _namespace_of(obj) if bound else None
+
+        def target() -> QuestionResult:
+            with _names_bound(namespace, bound or {}):
+                return self.run_checks(obj)
+
         if not isolate:
             t0 = time.perf_counter()
-            result = self.run_checks(obj)
+            result = target()
             result.seconds = time.perf_counter() - t0
             return result
-        payload = run_isolated(lambda: self.run_checks(obj).to_dict(), limit)
+        payload = run_isolated(lambda: target().to_dict(), limit)
         if payload.get("status") in (TIME_LIMIT, CRASHED) and "question" not in payload:
             result = self._result(payload["status"], 0, payload["message"])
             result.seconds = payload.get("seconds", 0.0)
             return result
         return QuestionResult.from_dict(payload)
+
+    def _faulty_uses(self, obj: Any, time_limit: float | None, isolate: bool,
+                     earlier: dict[str, QuestionResult]) -> list[tuple[Question, str]]:
+        """The earlier answers ``obj`` may call (``uses``) that fail their own checks, each with what is wrong
+        with it, told to the learner. Each is graded as a question of its own (its own earlier answers
+        replaced where they fail), unless ``earlier`` already holds its grade; a reference is right."""
+        namespace = _namespace_of(obj)
+        if namespace is None:
+            return []
+        faulty = []
+        for q in self.uses:
+            theirs = namespace.get(q.func_name)
+            if theirs is q.reference:
+                continue
+            if q.name not in earlier:
+                earlier[q.name] = q.grade(theirs, time_limit=time_limit, isolate=isolate, earlier=earlier)
+            if not earlier[q.name].full_marks:
+                faulty.append((q, _fault(q, theirs, earlier[q.name])))
+        return faulty
+
+    def _blame(self, result: QuestionResult, again: QuestionResult,
+               faulty: list[tuple[Question, str]]) -> QuestionResult:
+        """The grade of the learner's object, from its grade as it is (``result``) and with the faulty earlier
+        answers replaced by the reference ones (``again``): the better of the two, and the earlier answers
+        named when they change the outcome."""
+        if _outcome(again) == _outcome(result):  # the object does not depend on them
+            return result
+        names = " and ".join(q.func_name for q, _ in faulty)
+        note = (f"Your {self.func_name} depends on an earlier answer that is wrong: "
+                + "; ".join(why for _, why in faulty) + ".")
+        if again.full_marks:
+            again.message = "\n".join(m for m in (
+                note, f"With the reference {names} in its place, your {self.func_name} passes every check: "
+                      "it is right.", again.message) if m)
+            return again
+        if again.points >= result.points:
+            chosen, how = again, (f"The checks below ran with the reference {names} in its place, so what "
+                                  f"they report is about your {self.func_name} itself.")
+        else:
+            chosen, how = result, f"The checks below ran with your {names} (the reference one does no better)."
+        chosen.message = "\n".join(m for m in (note, how, chosen.message) if m)
+        return chosen
 
     # -- the notebook API
     def check(self, obj: Any = inspect.Parameter.empty, *, time_limit: float | None = None) -> None:
@@ -532,25 +684,33 @@ class Question:
             obj = caller.f_globals.get(self.func_name) if caller is not None else None
         print(self.grade(obj, time_limit=time_limit).feedback())
 
-    def hint(self, n: int = 1) -> None:
-        """Print hint number ``n`` (1-based)."""
+    def hint(self, n: int | None = None) -> None:
+        """Print the next hint: hint 1, then hint 2 on the next call, and so on; ``n`` picks hint ``n`` (1-based)."""
         if not self.hints:
             print(f"{self.label}: no hint for this one; {self.name}.solution() shows an answer.")
             return
-        if not 1 <= n <= len(self.hints):
-            print(f"{self.label} has hints 1 to {len(self.hints)}; try {self.name}.hint(1).")
+        total = len(self.hints)
+        if n is None and self._next_hint > total:
+            print(f"{self.label}: no more hints, that was all {total}. {self.name}.hint(1) shows the first one "
+                  f"again; {self.name}.solution() shows an answer.")
             return
-        more = f"\n(More: {self.name}.hint({n + 1}))" if n < len(self.hints) else ""
-        print(f"Hint {n} for {self.label} ({self.func_name}):\n{self.hints[n - 1]}{more}")
+        n = self._next_hint if n is None else n
+        if not 1 <= n <= total:
+            print(f"{self.label} has hints 1 to {total}; try {self.name}.hint(1).")
+            return
+        self._next_hint = n + 1
+        more = (f"\n(Next: {self.name}.hint() again shows hint {n + 1} of {total}.)" if n < total
+                else f"\n(That was the last hint; {self.name}.solution() shows an answer.)")
+        print(f"Hint {n} of {total} for {self.label} ({self.func_name}):\n{self.hints[n - 1]}{more}")
 
     def solution_source(self) -> str:
-        """The source code of the reference solution."""
+        """The code of the reference solution, without its docstrings (the stub in the notebook has them)."""
         if self.reference is None:
             return f"# no reference solution stored for {self.label}\n"
-        return textwrap.dedent(inspect.getsource(self.reference))
+        return _without_docstrings(textwrap.dedent(inspect.getsource(self.reference)))
 
     def solution(self) -> None:
-        """Print the reference solution (its source code)."""
+        """Print the reference solution (its code; the docstring is the stub's)."""
         print(f"One solution for {self.label} ({self.func_name}):\n")
         print(self.solution_source())
 
@@ -589,10 +749,13 @@ class Exercise:
 
     def grade(self, namespace: Mapping[str, Any], *, time_limit: float | None = None,
               isolate: bool = True) -> ExerciseResult:
-        """Grade every question on the objects found by name in ``namespace`` (e.g. ``globals()``)."""
-        return ExerciseResult(self.name, self.title,
-                              [q.grade(namespace.get(q.func_name), time_limit=time_limit, isolate=isolate)
-                               for q in self.questions])
+        """Grade every question on the objects found by name in ``namespace`` (e.g. ``globals()``), in order
+        (a question's earlier answers are graded before it)."""
+        results: dict[str, QuestionResult] = {}
+        for q in self.questions:
+            results[q.name] = q.grade(namespace.get(q.func_name), time_limit=time_limit, isolate=isolate,
+                                      earlier=results)
+        return ExerciseResult(self.name, self.title, list(results.values()))
 
     def reference_namespace(self) -> dict[str, Any]:
         """``{func_name: reference solution}``: what a notebook with every answer right defines."""
@@ -655,19 +818,41 @@ def _grader_cell_source(exercise: str, time_limit: float | None) -> str:
     )
 
 
-def _cell_notes(nb: Any, cell_timeout: float) -> list[str]:
-    notes = []
-    code_index = 0
+_QUESTION_HEADING = re.compile(r"\s*#+\s*Q(\d+)\b")  # "## Q2. Popcount": the section of q2
+
+
+def _cell_questions(nb: Any, questions: Iterable[Question]) -> list[Question | None]:
+    """The question each cell of ``nb`` belongs to: the one it defines or checks (``def popcount64(``,
+    ``q2.check(``), else the one whose section (markdown heading ``## Q2. ...``) it is in; None before the
+    first section and after a heading that names no question (``## Summary``)."""
+    by_name = {q.name: q for q in questions}
+    owners: list[Question | None] = []
+    section = None
     for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"):
+            match = _QUESTION_HEADING.match(cell.source)
+            section = by_name.get(f"q{match.group(1)}") if match else None
+        mentions = [q for q in by_name.values() if cell.cell_type == "code" and any(
+            s in cell.source for s in (f"def {q.func_name}(", f"class {q.func_name}(", f"{q.name}.check("))]
+        owners.append(mentions[0] if mentions else section)
+    return owners
+
+
+def _cell_notes(nb: Any, cell_timeout: float, questions: Iterable[Question] = ()) -> list[str]:
+    """One line per cell that raised or ran too long, naming the cell as a learner finds it: its question
+    and its first line (JupyterLab shows no cell numbers)."""
+    notes = []
+    for cell, question in zip(nb.cells, _cell_questions(nb, questions)):
         if cell.cell_type != "code":
             continue
-        code_index += 1
         if GRADER_CELL_TAG in cell.get("metadata", {}).get("tags", []):
             continue
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
-                what = f"code cell {code_index} ({shorten(first, 60)!r})"
+                what = f"the cell starting {shorten(first, 60)!r}"
+                if question is not None:
+                    what = f"{question.label} ({question.func_name}): {what}"
                 if out.get("ename") in ("KeyboardInterrupt", "CellTimeoutError"):
                     notes.append(f"{what} ran longer than {cell_timeout:g} s and was interrupted")
                 else:
@@ -707,7 +892,8 @@ def grade_notebook(path: str | os.PathLike, *, exercise: str | None = None,
     cell = nbformat.v4.new_code_cell(_grader_cell_source(ex.name, limit))
     cell.metadata["tags"] = [GRADER_CELL_TAG]
     nb.cells.append(cell)
-    grading_timeout = int(len(ex.questions) * (limit + 10) + 60)
+    # a question with earlier answers may be graded twice (as it is, and with the reference earlier answers)
+    grading_timeout = int(sum(2 if q.uses else 1 for q in ex.questions) * (limit + 10) + 60)
 
     def timeout_func(c: Any) -> int:
         return grading_timeout if c is cell else int(cell_timeout)
@@ -735,7 +921,7 @@ def grade_notebook(path: str | os.PathLike, *, exercise: str | None = None,
         kernel_log.seek(0)
         log_tail = kernel_log.read()[-2000:].decode(errors="replace").strip()
 
-    notes = _cell_notes(nb, cell_timeout)
+    notes = _cell_notes(nb, cell_timeout, ex.questions)
     payload = None
     for out in cell.get("outputs", []):
         if out.get("output_type") == "stream":

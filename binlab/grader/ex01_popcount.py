@@ -13,7 +13,10 @@ sign(0) = +1), and the padding bits of the last word are 0. Every check compares
 NumPy/torch computation on floats (``np.where(x >= 0, 1, -1)``, a float matrix product).
 
 The functions below named like the questions are the reference solutions that ``q1.solution()``
-prints; ``MISTAKES`` lists typical wrong answers, used by the tests.
+prints; ``MISTAKES`` lists typical wrong answers, used by the tests. Q3 and Q4 may call the learner's
+earlier answers (``popcount64``, ``xnor_dot``): when one of those fails its own check, the grader says
+so and grades the later answer with the reference version as well (``uses`` in
+:class:`~binlab.grader.core.Question`).
 """
 
 from __future__ import annotations
@@ -402,6 +405,7 @@ q3 = Question(
         Use K, not 64 times the number of words: padding bits are not elements.""",
     ],
     solution=xnor_dot,
+    uses=[q2],  # a learner's xnor_dot may count with their popcount64
 )
 
 q4 = Question(
@@ -417,6 +421,7 @@ q4 = Question(
         """Popcount that, sum over the last axis (the words) and apply K - 2*d, as in Q3.""",
     ],
     solution=xnor_matmul,
+    uses=[q2, q3],  # ... and their xnor_matmul with popcount64 or xnor_dot
     congrats="This is a binary linear layer: M tokens times N output features, with no multiplication.",
 )
 

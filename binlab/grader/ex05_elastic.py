@@ -43,7 +43,7 @@ def elastic_binarize(x, alpha, beta, signed):
 
 
 def optimal_alpha(x, signed):
-    """The optimal one-bit scale alpha*: the alpha that minimises ||x - x_b||^2 (BiT; methods.md §4.2).
+    """The optimal one-bit scale alpha*: the alpha that minimises ||x - x_b||^2 (BiT; docs/methods.md §4.2).
 
         signed   x_b = alpha * sign(x):          alpha* = mean |x|
         unsigned x_b = alpha * 1{x >= alpha/2}:  alpha* = mean of the x_i with x_i >= alpha*/2, a fixed point:
