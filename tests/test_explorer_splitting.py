@@ -92,6 +92,26 @@ def test_explorer_walks_through_the_steps():
     assert f"{wt.a:.4g}" in c["info"].value and f"{wt.S_I:.4g}" in c["info"].value
 
 
+def test_explorer_has_a_titled_colour_bar_for_each_row_beside_it():
+    ui, fig, c = E.make_split_explorer(seed=0, skew=0.4)
+    c["step"].value, c["formula"].value = "check", "printed"
+    bars = [k for k, t in enumerate(fig.data) if t.showscale]
+    assert bars == [0, 3, 4, 7]  # per row: its values (W / TWN panel) and its difference
+    for row, (values, difference) in ((1, (0, 3)), (2, (4, 7))):
+        lo, hi = fig.get_subplot(row, 1).yaxis.domain
+        for k in (values, difference):
+            bar = fig.data[k].colorbar
+            assert bar.title.text and bar.x > 1  # titled, right of the panels
+            assert bar.y == pytest.approx((lo + hi) / 2) and bar.len == pytest.approx(hi - lo)  # beside its row
+        assert fig.data[values].colorbar.x != fig.data[difference].colorbar.x
+        # one bar tells the truth for every panel it stands for: the row's first three share its scale
+        for k in range(values, values + 3):
+            assert (fig.data[k].zmin, fig.data[k].zmax) == (fig.data[values].zmin, fig.data[values].zmax)
+    assert "W₁" in fig.data[0].colorbar.title.text and "TWN" in fig.data[4].colorbar.title.text
+    assert fig.data[7].zmax == pytest.approx(E.tws_walkthrough(E.example_weight(0, 0.4), "printed").error)
+    assert (fig.data[3].zmin, fig.data[3].zmax) == (fig.data[7].zmin, fig.data[7].zmax)
+
+
 def test_explorer_formula_seed_and_skew_controls():
     ui, fig, c = E.make_split_explorer(seed=0, skew=0.4)
     c["step"].value = "check"
@@ -189,6 +209,23 @@ def test_compare_split_vs_direct_reports_its_runs(tmp_path):
     fig = E.comparison_figure(c)
     assert_titled(fig)
     assert len(fig.data) == 6 and list(fig.data[0].x) == ["seed 0"]
+
+
+def test_tiny_batches_are_the_synthetic_sentences_without_a_warning(recwarn):
+    from binlab.data.glue import batches, load_glue
+    from binlab.data.synthetic import SyntheticDataWarning
+    from binlab.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    got = E.tiny_batches(tok, "train", max_examples=20, batch_size=8)
+    assert not [w for w in recwarn if issubclass(w.category, SyntheticDataWarning)]
+    with pytest.warns(SyntheticDataWarning):  # what a plain load says, and what the chapter prints instead
+        expected = list(batches(load_glue("sst2", "train", source="synthetic", max_examples=20), tok, batch_size=8,
+                                max_length=32))
+    assert len(got) == len(expected) == 3
+    for a, b in zip(got, expected):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "synthetic" in E.TINY_DATA and "BINLAB_GLUE_DIR" in E.TINY_DATA
 
 
 @pytest.mark.slow

@@ -447,6 +447,40 @@ def test_explorer_controls_redraw_the_surface():
     assert ui.children[-1] is fig
 
 
+def _shown_ranges(fig):
+    """(z axis range, colour range) of the explorer's surface, as drawn."""
+    return tuple(fig.layout.scene.zaxis.range), (fig.data[0].cmin, fig.data[0].cmax)
+
+
+def test_explorer_fits_its_z_axis_and_colours_to_the_surface_shown():
+    base = tiny_bert()
+    models = {label: L.with_quant(base, preset) for label, preset in L.LANDSCAPE_MODELS.items()}
+    batches = make_batches()
+    ui, fig, controls = EL.make_landscape_explorer(models, batches, steps_options=(3, 5))
+    # a fixed box: with plotly's default aspect ("data") a 1e-5 variation over x, y in [-1, 1] is a flat sheet
+    assert fig.layout.scene.aspectmode == "manual" and fig.layout.scene.aspectratio.z > 0.5
+    seen = []
+    for label in ("full precision", "binary"):
+        controls["model"].value = label
+        grid = EL.explorer_grid(models, batches, label, "value", (0, 1), 5)
+        lo, hi = float(grid.losses.min()), float(grid.losses.max())
+        z_range, colours = _shown_ranges(fig)
+        assert colours == pytest.approx((lo, hi))
+        pad = 0.05 * (hi - lo)
+        assert z_range == pytest.approx((lo - pad, hi + pad))
+        assert f"varies by {hi - lo:.2g} (max − min)" in fig.layout.title.text
+        seen.append(z_range)
+    assert seen[0] != seen[1]  # the range follows the model
+
+
+def test_surface_range_of_a_flat_grid_is_not_empty():
+    xs = L.grid_coords(3)
+    grid = L.LossGrid(xs, xs, np.full((3, 3), 0.5), (V0, V1), 0.5)
+    lo, hi = EL.surface_range(grid)
+    assert lo < 0.5 < hi and hi - lo < 1e-5
+    assert EL.surface_range(grid, pad=0.0) == (lo, hi)
+
+
 def test_explorer_needs_two_layers():
     with pytest.raises(ValueError, match="2 layers"):
         EL.make_landscape_explorer({"fp": tiny_bert(layers=1)}, make_batches())

@@ -8,12 +8,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, assert_titled
 from hypothesis import given, settings, strategies as st
 
 from binlab.analysis import costs
 from binlab.explorers import bits, viz
-from binlab.kernels import packing, products
+from binlab.kernels import bench, packing, products
 from binlab.model import BertConfig
 
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +243,96 @@ def test_measure_speedups_and_figure():
     assert list(fig.data[2].y) == [3.0]
     assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
     assert len(bits.speedup_figure(measured).data) == 2
+    assert row["attempts"] >= 1 and row["disturbed"] == ("" if row["quiet"] else bits.disturbance(row))
+
+
+# The timing machinery replaced by fakes (the CPU this runs on is busy): bench.measure_shape's loop of
+# attempts, its verdict and the chapter's table, summary and figure are what is tested, deterministically.
+
+METHODS = ("torch_fp32", "binlab_prepacked", "binlab_linear")
+QUIET = {"torch_fp32": 1.14e-3, "binlab_prepacked": 1e-4, "binlab_linear": 2e-4}  # 11.4x, 5.7x
+BUSY = {"torch_fp32": 0.2083, "binlab_prepacked": 1e-4, "binlab_linear": 2e-4}  # 2083.0x: torch starved of cores
+
+
+@pytest.fixture
+def fake_bench(monkeypatch):
+    """``fake(foreign, timings)``: the i-th attempt at timing a shape sees ``foreign[i]`` cores of other processes
+    (bench.ForeignLoad) and the seconds per call ``timings[i]`` (bench.time_methods: a number per method, the
+    same in every round, or a list of one per round). Returns the rounds asked of each attempt."""
+
+    def fake(foreign, timings):
+        loads, times, asked = iter(foreign), iter(timings), []
+
+        class Load:
+            def start(self):
+                pass
+
+            def stop(self):
+                return next(loads)
+
+        def time_methods(methods, rounds):
+            asked.append(rounds)
+            t = next(times)
+            return {name: list(t[name]) if isinstance(t[name], list) else [t[name]] * rounds for name in methods}
+
+        monkeypatch.setattr(bench, "ForeignLoad", Load)
+        monkeypatch.setattr(bench, "time_methods", time_methods)
+        monkeypatch.setattr(bench, "linear_methods", lambda m, k, n, int8: dict.fromkeys(METHODS, lambda: None))
+        return asked
+
+    return fake
+
+
+def test_a_disturbed_shape_is_timed_again_until_it_is_quiet(fake_bench):
+    asked = fake_bench([1.3, 0.02], [BUSY, QUIET])
+    (row,) = bits.measure_speedups([(128, 768, 768)], rounds=5, retries=2)
+    assert asked == [5, 5]  # the busy attempt, then a quiet one; no third
+    assert row["quiet"] and row["attempts"] == 2 and row["disturbed"] == ""
+    assert row["x_prepacked"] == pytest.approx(11.4) and row["foreign_cores"] == 0.02
+    summary = bits.speedup_summary([row])
+    assert "11.4×" in summary and "2083" not in summary and "Left out" not in summary
+
+
+def test_a_shape_that_stays_disturbed_is_greyed_and_kept_out_of_the_summary(fake_bench):
+    from md_tables import check_tables
+
+    asked = fake_bench([0.0, 1.3, 1.6, 1.5], [QUIET, BUSY, BUSY, BUSY])
+    quiet, busy = bits.measure_speedups([(128, 768, 768), (8, 768, 768)], rounds=3, retries=2)
+    assert asked == [3] * 4  # one attempt for the quiet shape, 1 + 2 retries for the busy one
+    assert quiet["quiet"] and not busy["quiet"] and busy["attempts"] == 3
+    assert busy["x_prepacked"] == pytest.approx(2083.0) and busy["foreign_cores"] == 1.3  # the quietest attempt
+    assert busy["disturbed"] == "other processes used 1.30 cores (limit 0.15), in all 3 attempts"
+    assert bits.quiet_rows([quiet, busy]) == [quiet]
+
+    table = bits.speedup_table([quiet, busy])
+    assert check_tables(table, "speedup_table") == 1
+    first, second = table.splitlines()[2:]
+    assert "color:" not in first and "| quiet |" in first and "11.4×" in first
+    assert second.count(f"color:{bits.DISTURBED_COLOR}") == len(bits.SPEEDUP_COLUMNS)
+    assert "⚠ disturbed: other processes used 1.30 cores" in second and "2083.0×" in second
+
+    summary = bits.speedup_summary([quiet, busy])
+    assert "11.4×" in summary and "5.7×" in summary
+    assert "2083" not in summary and "M=8 K=768 N=768: other processes used 1.30 cores" in summary
+
+    fig = bits.speedup_figure([quiet, busy], {quiet["label"]: {"x_prepacked": 11.0}})
+    assert_titled(fig)
+    assert list(fig.data[0].x) == ["M=128 K=768 N=768", "M=8 K=768 N=768 (disturbed)"]
+    for trace in fig.data[:2]:
+        assert list(trace.marker.opacity) == [1.0, 0.35] and list(trace.marker.pattern.shape) == ["", "x"]
+        assert trace.customdata[1] == f"disturbed: {busy['disturbed']}"
+    assert list(fig.data[0].text) == ["11.4×", "(2083.0×)"]
+    assert "disturbed" in fig.layout.title.text
+
+
+def test_scattered_rounds_are_a_disturbance_too_and_an_all_disturbed_run_has_no_headline(fake_bench):
+    scattered = {**QUIET, "torch_fp32": [1e-3, 3e-3, 1e-3, 5e-3, 1e-3]}
+    fake_bench([None], [scattered])  # no /proc/stat: only the scatter can tell
+    (row,) = bits.measure_speedups([(1, 768, 768)], rounds=5, retries=0)
+    assert not row["quiet"] and row["attempts"] == 1
+    assert row["disturbed"].startswith("rounds scattered by ") and row["disturbed"].endswith("(timed once)")
+    summary = bits.speedup_summary([row])
+    assert summary.startswith("No speed-up from this run") and f"{row['x_prepacked']:.1f}×" not in summary
 
 
 def test_markdown_table_escapes_pipes_so_it_stays_one_table():

@@ -7,8 +7,11 @@
     packing_figure(x)                      how pack_signs lays a vector's signs into uint64 words
     word_rows(words, k)                    the words as table rows (hex, ones, padding)
     measure_speedups(shapes, rounds)       binlab's GEMM against torch fp32, timed by binlab.kernels.bench
+                                           (a shape other processes disturbed is timed again, then flagged)
+    speedup_table(measured)                those timings as a markdown table, disturbed rows greyed with the reason
+    speedup_summary(measured)              the sentence the chapter prints: quiet rows only
     recorded_speedups(path)                the same ratios from the table in docs/benchmarks.md
-    speedup_figure(measured, recorded)     both as grouped bars
+    speedup_figure(measured, recorded)     both as grouped bars, disturbed shapes greyed
 
 Everything is computed by the library (binlab.analysis.costs, binlab.kernels, binlab.kernels.bench); the figures
 only draw it. Colours: a sign of +1 (bit 1) is blue, -1 (bit 0) orange, a differing bit red (the
@@ -26,7 +29,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from binlab.analysis import costs
-from binlab.explorers.viz import markdown_section, parse_markdown_table, parse_number
+from binlab.explorers.viz import markdown_section, markdown_table, parse_markdown_table, parse_number
 from binlab.kernels import bench, packing, products
 from binlab.settings import project_root
 
@@ -330,14 +333,20 @@ def shape_label(m: int, k: int, n: int) -> str:
     return f"linear M={m} K={k} N={n}"
 
 
-def measure_speedups(shapes, rounds: int = 5, retries: int = 0, max_foreign: float = 0.15) -> list[dict]:
+def measure_speedups(shapes, rounds: int = 5, retries: int = 2, max_foreign: float = 0.15) -> list[dict]:
     """Time ``torch.matmul`` (fp32) against binlab on linear shapes ``(M, K, N)``, with
     :mod:`binlab.kernels.bench`'s machinery (methods interleaved in rounds, medians, paired ratios).
+
+    A shape that other processes disturbed (more than ``max_foreign`` cores of foreign CPU time, or rounds
+    scattered by more than :data:`binlab.kernels.bench.MAX_SPREAD`) is timed again, up to ``retries`` times
+    (:func:`binlab.kernels.bench.measure_shape`); the quietest attempt is kept.
 
     Returns one dict per shape: ``label``, ``m``, ``k``, ``n``, median times in microseconds
     (``fp32_us``, ``prepacked_us``: ``xnor_gemm`` on prepacked operands, ``linear_us``:
     ``BinaryLinear`` on the float input, packing included), the ratios ``x_prepacked`` and
-    ``x_linear`` (torch time / binlab time) and ``quiet`` (False when other processes disturbed it).
+    ``x_linear`` (torch time / binlab time), ``quiet`` (False when every attempt was disturbed),
+    ``foreign_cores``, ``spread``, ``attempts`` and ``disturbed`` (why the kept attempt is not to be
+    trusted; ``""`` for a quiet row).
     """
 
     rows = []
@@ -349,8 +358,79 @@ def measure_speedups(shapes, rounds: int = 5, retries: int = 0, max_foreign: flo
         rows.append({"label": shape_label(m, k, n), "m": m, "k": k, "n": n,
                      "fp32_us": t["torch_fp32"] * 1e6, "prepacked_us": t["binlab_prepacked"] * 1e6,
                      "linear_us": t["binlab_linear"] * 1e6, "x_prepacked": r["binlab_prepacked"],
-                     "x_linear": r["binlab_linear"], "quiet": s["quiet"]})
+                     "x_linear": r["binlab_linear"], "quiet": s["quiet"], "foreign_cores": s["foreign_cores"],
+                     "spread": s["spread"], "attempts": s["attempts"],
+                     "disturbed": "" if s["quiet"] else disturbance(s, max_foreign)})
     return rows
+
+
+def disturbance(s: dict, max_foreign: float = 0.15) -> str:
+    """Why a timing (a :func:`binlab.kernels.bench.summarize` result, or a row of :func:`measure_speedups`) is
+    not to be trusted: the foreign CPU time and the scatter of the rounds that broke the limits, and the attempts."""
+    why = []
+    if s["foreign_cores"] is not None and s["foreign_cores"] > max_foreign:
+        why.append(f"other processes used {s['foreign_cores']:.2f} cores (limit {max_foreign:g})")
+    if s["spread"] > bench.MAX_SPREAD:
+        why.append(f"rounds scattered by {s['spread']:.0%} (limit {bench.MAX_SPREAD:.0%})")
+    attempts = s["attempts"]
+    return (" and ".join(why) or "disturbed") + (f", in all {attempts} attempts" if attempts > 1 else " (timed once)")
+
+
+def quiet_rows(measured: list[dict]) -> list[dict]:
+    """The rows of :func:`measure_speedups` timed on a quiet CPU: the only ones a headline may use."""
+    return [r for r in measured if r["quiet"]]
+
+
+#: How the chapter's table and figure grey out a row that other processes disturbed.
+DISTURBED_COLOR = "#9e9e9e"
+SPEEDUP_COLUMNS = {"label": "shape", "fp32_us": "torch fp32 (µs)", "prepacked_us": "binlab prepacked (µs)",
+                   "linear_us": "BinaryLinear (µs)", "x_prepacked": "× fp32, prepacked",
+                   "x_linear": "× fp32, with packing", "timing": "timing"}
+
+
+def speedup_table(measured: list[dict]) -> str:
+    """The rows of :func:`measure_speedups` as a markdown table: times, ratios and a "timing" column that says
+    "quiet", or "⚠ disturbed: " and why; a disturbed row is greyed out entirely."""
+
+    def cells(r):
+        out = {"label": r["label"], **{k: f"{r[k]:.1f}" for k in ("fp32_us", "prepacked_us", "linear_us")},
+               **{k: f"{r[k]:.1f}×" for k in ("x_prepacked", "x_linear")},
+               "timing": "quiet" if r["quiet"] else f"⚠ disturbed: {r['disturbed']}"}
+        if r["quiet"]:
+            return out
+        return {k: f'<span style="color:{DISTURBED_COLOR}">{v}</span>' for k, v in out.items()}
+
+    return markdown_table([cells(r) for r in measured], SPEEDUP_COLUMNS)
+
+
+def _shape(r: dict) -> str:
+    return r["label"].replace("linear ", "")
+
+
+def _ratio_range(rows: list[dict], key: str) -> str:
+    """``"3.1× (M=8 ...) to 11.4× (M=128 ...)"``: the smallest and the largest ``key`` of ``rows``, with their shapes."""
+    lo, hi = min(rows, key=lambda r: r[key]), max(rows, key=lambda r: r[key])
+    ends = [lo] if lo is hi else [lo, hi]
+    return " to ".join(f"{r[key]:.1f}× ({_shape(r)})" for r in ends)
+
+
+def speedup_summary(measured: list[dict]) -> str:
+    """The sentence the chapter prints about :func:`measure_speedups`: the range of the ratios over the quiet
+    rows only (a disturbed row never enters it), and which rows were left out and why."""
+    quiet = quiet_rows(measured)
+    left_out = [r for r in measured if not r["quiet"]]
+    if quiet:
+        text = (f"On this machine, on {len(quiet)} quiet shape{'s' if len(quiet) > 1 else ''}, binlab's "
+                f"xnor_gemm (prepacked) ran {_ratio_range(quiet, 'x_prepacked')} as fast as torch fp32; "
+                f"BinaryLinear, packing counted, {_ratio_range(quiet, 'x_linear')}.")
+    else:
+        text = ("No speed-up from this run: other processes disturbed every shape, so its ratios say more about "
+                "the load than about the kernels. docs/benchmarks.md (measured on a quiet machine) has the "
+                "numbers to go by; time again when the CPU is idle.")
+    if left_out:
+        text += (f" Left out, disturbed ({len(left_out)} of {len(measured)}): "
+                 + "; ".join(f"{_shape(r)}: {r['disturbed']}" for r in left_out) + ".")
+    return text
 
 
 def recorded_speedups(path: str | Path | None = None) -> dict[str, dict]:
@@ -377,17 +457,19 @@ def recorded_speedups(path: str | Path | None = None) -> dict[str, dict]:
 def speedup_figure(measured: list[dict], recorded: dict[str, dict] | None = None):
     """Grouped bars per shape: the ratios measured now (prepacked, with packing) and, where the
     shape is in ``recorded``, the prepacked ratio of docs/benchmarks.md. A shape that other
-    processes disturbed while it was timed (``quiet`` False) is labelled "(CPU shared)"."""
+    processes disturbed while it was timed (``quiet`` False) is greyed out (faded, hatched, its ratio in
+    parentheses), labelled "(disturbed)", and its hover text gives the reason."""
 
-    labels = [r["label"].replace("linear ", "") + ("" if r["quiet"] else " (CPU shared)")
-              for r in measured]
+    labels = [_shape(r) + ("" if r["quiet"] else " (disturbed)") for r in measured]
+    hover = ["quiet CPU" if r["quiet"] else f"disturbed: {r['disturbed']}" for r in measured]
     fig = go.Figure()
-    fig.add_bar(x=labels, y=[r["x_prepacked"] for r in measured], name="here: xnor_gemm, prepacked",
-                marker_color=PLUS, text=[f"{r['x_prepacked']:.1f}×" for r in measured],
-                textposition="outside")
-    fig.add_bar(x=labels, y=[r["x_linear"] for r in measured], name="here: BinaryLinear (packing counted)",
-                marker_color=MINUS, text=[f"{r['x_linear']:.1f}×" for r in measured],
-                textposition="outside")
+    for key, name, color in (("x_prepacked", "here: xnor_gemm, prepacked", PLUS),
+                             ("x_linear", "here: BinaryLinear (packing counted)", MINUS)):
+        fig.add_bar(x=labels, y=[r[key] for r in measured], name=name, customdata=hover,
+                    marker=dict(color=color, opacity=[1.0 if r["quiet"] else 0.35 for r in measured],
+                                pattern=dict(shape=["" if r["quiet"] else "x" for r in measured])),
+                    text=[f"{r[key]:.1f}×" if r["quiet"] else f"({r[key]:.1f}×)" for r in measured],
+                    textposition="outside", hovertemplate="%{x}: %{y:.1f}×, %{customdata}<extra></extra>")
     if recorded:
         ys = [recorded.get(r["label"], {}).get("x_prepacked") for r in measured]
         fig.add_bar(x=labels, y=ys, name="docs/benchmarks.md: prepacked", marker_color="#264653",
@@ -395,8 +477,11 @@ def speedup_figure(measured: list[dict], recorded: dict[str, dict] | None = None
     fig.add_hline(y=1.0, line_dash="dash", line_color="black")  # 1x: as fast as torch
     values = ([r["x_prepacked"] for r in measured] + [r["x_linear"] for r in measured]
               + [y for y in (ys if recorded else []) if y is not None])
+    disturbed = sum(not r["quiet"] for r in measured)
+    note = (f"; greyed, hatched: {disturbed} shape{'s' if disturbed > 1 else ''} disturbed by other processes, "
+            "not to be trusted" if disturbed else "")
     fig.update_layout(title="binlab's XNOR-popcount GEMM against torch.matmul in fp32<br>"
-                            "<sup>higher is faster; dashed line: 1×, as fast as torch</sup>",
+                            f"<sup>higher is faster; dashed line: 1×, as fast as torch{note}</sup>",
                       barmode="group", height=450, legend=dict(orientation="h", y=-0.3))
     fig.update_xaxes(title_text="shape: M tokens × K inputs → N outputs")
     # Log scale: ratios from below 1 to hundreds (on a shared CPU) stay readable, 1× in the middle.

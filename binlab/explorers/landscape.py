@@ -31,7 +31,7 @@ from binlab.train.trainer import default_loss
 
 __all__ = [
     "SST2_MODEL_ENV", "DEFAULT_SST2_RUN", "SST2_TRAIN_COMMAND", "landscape_figure", "eigenvalue_figure", "make_landscape_explorer", "explorer_grid",
-    "train_briefly", "LandscapeSetup", "setup_sst2",
+    "train_briefly", "LandscapeSetup", "setup_sst2", "surface_range",
 ]
 
 #: Environment variable naming a fine-tuned SST-2 checkpoint directory (what ``binlab train`` writes).
@@ -131,6 +131,21 @@ def explorer_grid(models: Mapping[str, nn.Module], batches, model_label: str, mo
     return grid
 
 
+def surface_range(grid: LossGrid, pad: float = 0.05) -> tuple[float, float]:
+    """The z range :func:`make_landscape_explorer` draws ``grid`` in: its own min to max, widened by ``pad`` of the
+    difference on each side (``pad=0``: the colour range). A perfectly flat grid gets a sliver around its value, so
+    the range is never empty."""
+    lo, hi = float(grid.losses.min()), float(grid.losses.max())
+    margin = pad * (hi - lo) if hi > lo else 1e-6 * max(1.0, abs(hi))
+    return lo - margin, hi + margin
+
+
+def _range_note(grid: LossGrid) -> str:
+    """The explorer's subtitle: how much the surface varies, and that its z axis and colours are fitted to it."""
+    return (f"this surface varies by {float(grid.losses.max() - grid.losses.min()):.2g} (max − min): its z axis "
+            "and colours span that range alone; compare heights across models in the numbers, not by eye")
+
+
 def make_landscape_explorer(models: Mapping[str, BertForSequenceClassification], batches,
                             steps_options: Sequence[int] = (5, 7, 9, 11, 15, 21), steps: int | None = None,
                             span: float = 1.0, loss_fn: Callable | None = None):
@@ -140,6 +155,10 @@ def make_landscape_explorer(models: Mapping[str, BertForSequenceClassification],
     ``"model"`` (which version), ``"module"`` (which weight of a layer, :data:`PERTURBABLE`), ``"layers"``
     (the two Transformer layers whose weights are x and y), ``"steps"`` (grid resolution). Each change
     recomputes the grid (memoised) and redraws ``fig`` (a plotly FigureWidget) in one batch update.
+
+    The z axis and the colours span the shown surface's own range (:func:`surface_range`), and the title gives
+    that range: a full-precision surface that varies by 1e-5 shows its shape instead of a flat sheet, and the
+    title says how small it is (heights across models compare in the numbers, not by eye).
     """
     if not models:
         raise ValueError("make_landscape_explorer: no models")
@@ -162,19 +181,26 @@ def make_landscape_explorer(models: Mapping[str, BertForSequenceClassification],
     }
     fig = go.FigureWidget(data=[go.Surface(x=[0.0, 1.0], y=[0.0, 1.0], z=[[0.0, 0.0], [0.0, 0.0]],
                                            colorscale="Viridis", colorbar=dict(title="loss"))])
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=60, b=10))
+    # a fixed box: plotly's default ("auto" -> "data") draws z to scale with x and y in [-1, 1], so a loss that
+    # varies by 1e-5 would be a flat sheet whatever the z range
+    fig.update_layout(height=560, margin=dict(l=10, r=10, t=80, b=10),
+                      scene=dict(aspectmode="manual", aspectratio=dict(x=1, y=1, z=0.8)))
     cache: dict = {}
 
     def update(*_):
         c = {k: w.value for k, w in controls.items()}
         grid = explorer_grid(models, batches, c["model"], c["module"], c["layers"], c["steps"], span, loss_fn, cache)
+        lo, hi = surface_range(grid)
         with fig.batch_update():
             fig.data[0].x = grid.xs
             fig.data[0].y = grid.ys
             fig.data[0].z = grid.surface_z
             fig.data[0].name = c["model"]
+            fig.data[0].cmin, fig.data[0].cmax = surface_range(grid, pad=0.0)
+            fig.layout.scene.zaxis.update(range=[lo, hi], autorange=False)
             fig.layout.title = (f"{c['model']}: loss at W + x·mean|W|·1 ({_short(grid.names[0])}), "
-                                f"W + y·mean|W|·1 ({_short(grid.names[1])}); centre {grid.center_loss:.4f}")
+                                f"W + y·mean|W|·1 ({_short(grid.names[1])}); centre {grid.center_loss:.4f}"
+                                f"<br><sup>{_range_note(grid)}</sup>")
             titles = _axis_titles(grid)  # only the titles: a camera the reader has rotated stays as it is
             fig.layout.scene.xaxis.title.text = titles["xaxis_title"]
             fig.layout.scene.yaxis.title.text = titles["yaxis_title"]

@@ -10,6 +10,7 @@ Everything is computed by the library: the split by :func:`binlab.methods.splitt
     split_error_rows(model), ..._figure      the printed coefficient's error per tensor type (e.g. MiniLM)
     split_landscapes(ternary, batches)       loss surfaces of the ternary model, its split, its plain binarization
     compare_split_vs_direct(workdir, seeds)  BinaryBERT vs the direct-binary baseline on a tiny BERT
+    tiny_batches(tokenizer, split)           the synthetic sentences those tiny runs learn from, as batches
     recorded_results(path)                   what docs/results.md says about BinaryBERT, if it exists
     find_recipe_runs(root)                   the summaries of the BinaryBERT recipe runs under runs/
 """
@@ -34,6 +35,7 @@ from torch import Tensor
 from binlab.analysis import landscape as L
 from binlab.checkpoint import load_pretrained, save_pretrained
 from binlab.data.glue import batches as glue_batches, load_glue
+from binlab.data.synthetic import SyntheticDataWarning
 from binlab.explorers.viz import markdown_section
 from binlab.methods.binarybert import BinaryBertConfig, load_stage_model, run_binarybert
 from binlab.methods.split_model import binary_quant_config, split_ternary_model
@@ -49,7 +51,8 @@ __all__ = [
     "TWS_STEPS", "A_FORMULA_LABELS", "example_weight", "Walkthrough", "tws_walkthrough", "make_split_explorer",
     "TENSOR_TYPES", "load_backbone", "split_error_rows", "split_error_figure",
     "LANDSCAPE_LABELS", "split_landscapes",
-    "TINY_SETTINGS", "tiny_teacher_init", "Comparison", "compare_split_vs_direct", "comparison_figure",
+    "TINY_SETTINGS", "TINY_DATA", "tiny_batches", "tiny_teacher_init", "Comparison", "compare_split_vs_direct",
+    "comparison_figure",
     "results_md", "recorded_results", "find_recipe_runs",
 ]
 
@@ -141,6 +144,21 @@ def tws_walkthrough(w: Tensor, a_formula: str = "code") -> Walkthrough:
 #: The explorer's eight panels: (title, row, col).
 _PANELS = (("W (latent)", 1, 1), ("W₁ (latent)", 1, 2), ("W₂ (latent)", 1, 3), ("W₁ + W₂ − W", 1, 4),
            ("TWN(W)", 2, 1), ("BWN(W₁)", 2, 2), ("BWN(W₂)", 2, 3), ("BWN sum − TWN(W)", 2, 4))
+#: The panels that carry a colour bar, with its title and where it sits right of the plot (paper x): per row, one
+#: for the values (the row's first three panels, one scale) and one for the difference (its last panel; both rows'
+#: differences share a much finer scale).
+_COLORBARS = {0: ("values: W, W₁, W₂", 1.13), 3: ("W₁ + W₂ − W", 1.01),
+              4: ("values: TWN, BWN", 1.13), 7: ("BWN sum − TWN", 1.01)}
+_DIFFERENCES = (3, 7)
+
+
+def _colorbar(fig, k: int, row: int) -> dict:
+    """Panel ``k``'s colour bar (:data:`_COLORBARS`), beside its own row: as tall as the row, centred on it."""
+    title, x = _COLORBARS[k]
+    lo, hi = fig.get_subplot(row, 1).yaxis.domain
+    bar = dict(x=x, xanchor="left", y=(lo + hi) / 2, yanchor="middle", len=hi - lo, lenmode="fraction",
+               thickness=12, title=dict(text=title, side="right", font=dict(size=11)))
+    return bar | (dict(exponentformat="e") if k in _DIFFERENCES else {})
 
 
 def _panel_values(wt: Walkthrough, step: str) -> list[np.ndarray]:
@@ -207,7 +225,9 @@ def make_split_explorer(shape: tuple[int, int] = (6, 10), seed: int = 0, skew: f
     """Ternary weight splitting on a small matrix, one step at a time: ``(ui, fig, controls)``.
 
     Eight heatmaps (a ``FigureWidget``): top row the latent W (with the current set highlighted), W₁, W₂ and
-    W₁ + W₂ − W; bottom row TWN(W), BWN(W₁), BWN(W₂) and BWN(W₁) + BWN(W₂) − TWN(W). Controls: ``step`` (the
+    W₁ + W₂ − W; bottom row TWN(W), BWN(W₁), BWN(W₂) and BWN(W₁) + BWN(W₂) − TWN(W). Beside each row, two titled
+    colour bars: the values of its first three panels (one scale for all six value panels) and its difference
+    (both differences on one much finer scale). Controls: ``step`` (the
     walk through I, J, K, a, b and the check, :data:`TWS_STEPS`), ``formula`` (the code's a or the paper's
     printed one), ``seed`` and ``skew`` (the matrix, :func:`example_weight`); ``info`` is the HTML text with
     this matrix's numbers. Entries not yet defined at a step are left blank (gaps: None in the widget).
@@ -227,14 +247,14 @@ def make_split_explorer(shape: tuple[int, int] = (6, 10), seed: int = 0, skew: f
     rows, cols = shape
     for k, (title, r, c) in enumerate(_PANELS):
         base.add_heatmap(z=np.zeros(shape), x=list(range(cols)), y=list(range(rows)), name=title,
-                         colorscale="RdBu", zmid=0.0, showscale=k in (3, 7), xgap=1, ygap=1,
-                         colorbar=dict(len=0.4, y=0.8 if r == 1 else 0.2, title="value"),
+                         colorscale="RdBu", zmid=0.0, showscale=k in _COLORBARS, xgap=1, ygap=1,
+                         colorbar=_colorbar(base, k, r) if k in _COLORBARS else None,
                          hovertemplate=f"{title}<br>row %{{y}}, column %{{x}}: %{{z:.4g}}<extra></extra>",
                          row=r, col=c)
         # fixed ranges: a panel that is still blank (all gaps) keeps the matrix's frame; row 0 at the top
         base.update_xaxes(title_text="column j", range=[-0.5, cols - 0.5], row=r, col=c)
         base.update_yaxes(title_text="row i", range=[rows - 0.5, -0.5], row=r, col=c)
-    base.update_layout(height=600, margin=dict(l=60, r=20, t=110, b=50), title=dict(text="", x=0.5))
+    base.update_layout(height=600, margin=dict(l=60, r=170, t=110, b=50), title=dict(text="", x=0.5))
     fig = go.FigureWidget(base)
 
     def update(*_):
@@ -255,7 +275,7 @@ def make_split_explorer(shape: tuple[int, int] = (6, 10), seed: int = 0, skew: f
         with fig.batch_update():
             for k, tr in enumerate(fig.data):
                 tr.z = _gaps(z[k])
-                if k in (3, 7):  # the two differences: their own (tiny) scale
+                if k in _DIFFERENCES:  # the two differences: their own (tiny) scale
                     tr.zmin, tr.zmax = -err_lim, err_lim
                 else:
                     tr.zmin, tr.zmax = -lim, lim
@@ -416,6 +436,23 @@ TINY_SETTINGS = {
 }
 
 
+#: What the tiny comparison (and the landscapes of its models) runs on, and why: printed by the chapter.
+TINY_DATA = ("synthetic SST-2 sentences (binlab's generator, not GLUE), also when $BINLAB_GLUE_DIR is set: a tiny BERT "
+             "that goes through four distillation stages per seed in minutes on a CPU needs a task it can learn in "
+             "that budget; real-data runs are `binlab train --recipe binarybert` (§4.5, §4.8)")
+
+
+def tiny_batches(tokenizer, split: str = "train", max_examples: int = 128, batch_size: int = 64,
+                 max_length: int = 32) -> list[dict]:
+    """Batches of the synthetic SST-2 sentences the tiny runs of :func:`compare_split_vs_direct` learn from (the
+    first ``max_examples`` of ``split``; :data:`TINY_DATA` says why synthetic). Loaded without a
+    SyntheticDataWarning: the chapter prints what they are instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntheticDataWarning)
+        data = load_glue("sst2", split, source="synthetic", max_examples=max_examples)
+    return list(glue_batches(data, tokenizer, batch_size=batch_size, max_length=max_length))
+
+
 def tiny_teacher_init(folder: str | Path, seed: int) -> Path:
     """A random tiny BERT (hidden 32, 2 layers, 4 heads, no dropout, MiniLM's vocabulary) saved with its
     tokenizer in ``folder``: the start the recipe fine-tunes its teacher from.
@@ -471,7 +508,7 @@ def _teacher_agreement(out: Path, stage: str, teacher, batches) -> tuple[float, 
 def compare_split_vs_direct(workdir: str | Path, seeds=(0,), act_bits: int = 8, fast: bool | None = None,
                             quiet: bool = True, **overrides) -> Comparison:
     """BinaryBERT (ternary -> split -> binary) against the direct-binary baseline with the same distillation
-    budget, on synthetic SST-2 with a tiny BERT, once per seed.
+    budget, on synthetic SST-2 with a tiny BERT (:data:`TINY_DATA`), once per seed.
 
     Per seed: a tiny teacher (:func:`tiny_teacher_init`) is fine-tuned by the recipe's teacher stage, then the
     same teacher is distilled by :func:`binlab.methods.binarybert.run_binarybert` with ``split=True`` and with
@@ -501,9 +538,7 @@ def compare_split_vs_direct(workdir: str | Path, seeds=(0,), act_bits: int = 8, 
             sp = run_binarybert(BinaryBertConfig(out=str(split_dir), model=str(init), **base))
             teacher_dir = split_dir / "teacher" / "best_model"
             di = run_binarybert(BinaryBertConfig(out=str(direct_dir), split=False, teacher=str(teacher_dir), **base))
-            dev = load_glue("sst2", "dev", source="synthetic", max_examples=s["max_eval"])
-        tok = load_tokenizer(teacher_dir)
-        dev_batches = list(glue_batches(dev, tok, batch_size=64, max_length=32))
+        dev_batches = tiny_batches(load_tokenizer(teacher_dir), "dev", s["max_eval"])
         teacher = load_pretrained(teacher_dir, verbose=False).eval()
         by_s = {r["stage"]: r for r in sp["stages"]}
         by_d = {r["stage"]: r for r in di["stages"]}
