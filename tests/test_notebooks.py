@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from conftest import ROOT
 from md_tables import check_tables
 
 from binlab.book import execute_notebook, find_notebooks
@@ -48,3 +50,26 @@ def test_notebooks_import_binlab_instead_of_copying():
         nb = json.loads(path.read_text(encoding="utf-8"))
         src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
         assert "binlab" in src, f"{path} does not use binlab"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_relative_links_open(path):
+    """A link in a notebook's text opens in `make lab` (which serves the repository root): the file exists."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        for target in re.findall(r"\]\(([^)\s]+)\)", "".join(cell["source"])):
+            if re.match(r"[a-z]+:|#", target):
+                continue  # a web address or an anchor in the same notebook
+            assert (path.parent / target.split("#")[0]).exists(), f"{path.name} cell {i}: link to missing {target}"
+
+
+def test_the_lab_opens_on_the_start_page_with_every_chapter_and_exercise():
+    start = ROOT / "book" / "00_start.ipynb"
+    text = "".join("".join(c["source"]) for c in json.loads(start.read_text())["cells"])
+    for nb in NOTEBOOKS:
+        if nb.name != start.name:
+            rel = nb.name if nb.parent.name == "book" else f"../{nb.parent.name}/{nb.name}"
+            assert f"]({rel})" in text, f"the start page does not link {rel}"
+    assert "book/00_start.ipynb" in (ROOT / "Makefile").read_text() and "root_dir" in (ROOT / "Makefile").read_text()
