@@ -344,9 +344,24 @@ def _paired_median_ratio(slow, fast, rounds=7):
     return sorted(ratios)[rounds // 2]
 
 
+@pytest.fixture
+def one_thread_each():
+    import numba
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+
+
 @pytest.mark.skipif(products.get_backend() == "scalar", reason="no SIMD kernel on this CPU")
-def test_xnor_gemm_beats_float_matmul():
-    """Weights prepacked, 256 tokens x (768 -> 3072): at least 3x faster than torch fp32."""
+def test_xnor_gemm_beats_float_matmul(one_thread_each):
+    """Weights prepacked, 256 tokens x (768 -> 3072): at least 3x faster than torch fp32, one thread each (a
+    busy machine starves two-thread pools unevenly; one thread against one thread stays a fair race)."""
     gen = torch.Generator().manual_seed(15)
     x, w = torch.randn(256, 768, generator=gen), torch.randn(3072, 768, generator=gen)
     a_words, packed = pack_signs(x), PackedWeight.from_float(w)
@@ -360,7 +375,7 @@ def test_xnor_gemm_beats_float_matmul():
                                               lambda: xnor_gemm(a_words, packed, 768)))
         if best >= 3.0:
             break
-    assert best >= 3.0, f"binlab xnor_gemm only {best:.1f}x faster than torch fp32"
+    assert best >= 3.0, f"binlab xnor_gemm only {best:.1f}x faster than torch fp32 (one thread each)"
 
 
 def test_disable_jit_runs_as_python():
