@@ -143,7 +143,7 @@ def surface_range(grid: LossGrid, pad: float = 0.05) -> tuple[float, float]:
 def _range_note(grid: LossGrid) -> str:
     """The explorer's subtitle: how much the surface varies, and that its z axis and colours are fitted to it."""
     return (f"this surface varies by {float(grid.losses.max() - grid.losses.min()):.2g} (max − min): its z axis "
-            "and colours span that range alone; compare heights across models in the numbers, not by eye")
+            "and colours span that range alone;</sup><br><sup>compare heights across models in the numbers, not by eye")
 
 
 def make_landscape_explorer(models: Mapping[str, BertForSequenceClassification], batches,
