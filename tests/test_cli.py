@@ -109,7 +109,7 @@ def _flags_in_error_messages() -> dict[str, list[str]]:
 
 def test_every_flag_an_error_message_suggests_exists():
     flags = _flags_in_error_messages()
-    assert {"--on-bad-row", "--glue-dir", "--act-bits"} <= set(flags)  # the scan finds what it should
+    assert {"--on-bad-row", "--glue-dir", "--chain"} <= set(flags)  # the scan finds what it should
     missing = {f: where for f, where in flags.items() if f not in _cli_options()}
     assert not missing, f"error messages suggest options the CLI does not have: {missing}"
 
@@ -118,3 +118,11 @@ def test_every_flag_an_error_message_suggests_exists():
 def test_help_works(argv):
     proc = binlab(*argv)
     assert proc.returncode == 0 and "usage: binlab" in proc.stdout
+
+
+@pytest.mark.parametrize("recipe,flag", [("bit", "--chain"), ("binarybert", "--act-bits")])
+def test_a_recipe_that_chooses_its_quantization_refuses_quant(recipe, flag, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "binlab", "train", "--recipe", recipe, "--task", "sst2", "--quant",
+                          "w1a1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert res.returncode == 2 and f"--recipe {recipe} chooses its own quantization ({flag}); drop --quant" in res.stderr

@@ -278,9 +278,8 @@ def add_arguments(p) -> None:
 def run_from_args(args) -> int:
     """``binlab train --recipe binarybert ...``: the shared arguments of :mod:`binlab.methods.finetune` plus
     :func:`add_arguments`'s. ``--lr`` and ``--epochs`` are the teacher's (when none is given)."""
-    if args.quant != "fp":
-        raise ValueError("--recipe binarybert chooses its own quantization (--act-bits); drop --quant")
-    cfg = BinaryBertConfig(**recipe_kwargs_from_args(args), act_bits=args.act_bits, split=not args.no_split,
+    cfg = BinaryBertConfig(**recipe_kwargs_from_args(args, "--act-bits"), act_bits=args.act_bits,
+                           split=not args.no_split,
                            ternary_lr=args.ternary_lr, binary_lr=args.binary_lr, kd_epochs=args.kd_epochs,
                            regression_loss=args.regression_loss, teacher_mode=args.teacher_mode,
                            ffn_act=args.ffn_act)

@@ -193,9 +193,8 @@ def add_arguments(p) -> None:
 
 def run_from_args(args) -> int:
     """``binlab train --recipe bit ...``: ``--lr`` and ``--epochs`` are the teacher's (when none is given)."""
-    if args.quant != "fp":
-        raise ValueError("--recipe bit chooses its own quantization (--chain); drop --quant")
-    cfg = BitConfig(**recipe_kwargs_from_args(args), chain=args.chain, kd_lr=args.kd_lr, kd_epochs=args.kd_epochs,
+    cfg = BitConfig(**recipe_kwargs_from_args(args, "--chain"), chain=args.chain, kd_lr=args.kd_lr,
+                    kd_epochs=args.kd_epochs,
                     teacher_mode=args.teacher_mode or "eval", regression_loss=args.regression_loss,
                     qkv_threshold=not args.no_qkv_threshold, alpha_init=args.alpha_init, ffn_act=args.ffn_act,
                     calibration_examples=args.calibration_examples, hidden_loss=args.hidden_loss)

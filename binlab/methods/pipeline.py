@@ -349,8 +349,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{name: getattr(args, name) for name in TRAIN_FLAGS}, progress=not args.no_progress)
 
 
-def recipe_kwargs_from_args(args: argparse.Namespace) -> dict:
-    """The :class:`RecipeConfig` fields that ``binlab train``'s shared options describe."""
+def recipe_kwargs_from_args(args: argparse.Namespace, quant_flag: str | None = None) -> dict:
+    """The :class:`RecipeConfig` fields that ``binlab train``'s shared options describe. ``quant_flag``: the
+    recipe's own option for its quantization (``"--chain"``): then a ``--quant`` other than fp is refused."""
+    if quant_flag and getattr(args, "quant", "fp") != "fp":
+        raise ValueError(f"--recipe {args.recipe} chooses its own quantization ({quant_flag}); drop --quant")
     return dict(task=args.task, out=args.out, train=train_config_from_args(args), teacher=args.teacher,
                 model=args.model, glue_dir=args.glue_dir, source=args.source, max_train=args.max_train,
                 max_eval=args.max_eval, on_bad_row=args.on_bad_row)
