@@ -507,22 +507,15 @@ def _alpha_one_step(x, signed):
     return float(v[v >= v.abs().mean()].mean())
 
 
-class _SteNoScale(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha, signed):
-        return ElasticSTE.forward(ctx, x, alpha, signed)
-
+# The typical mistakes of Q3: ElasticSTE with one part wrong (its backward, or for sign_zero its forward).
+class _SteNoScale(ElasticSTE):
     @staticmethod
     def backward(ctx, grad_output):
         gx, ga, _ = ElasticSTE.backward(ctx, grad_output)
         return gx, ga * ctx.saved_tensors[0].numel() ** 0.5, None  # undo the 1/sqrt(N)
 
 
-class _SteSignedAlphaGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha, signed):
-        return ElasticSTE.forward(ctx, x, alpha, signed)
-
+class _SteSignedAlphaGrad(ElasticSTE):
     @staticmethod
     def backward(ctx, grad_output):
         x, alpha = ctx.saved_tensors
@@ -531,11 +524,7 @@ class _SteSignedAlphaGrad(torch.autograd.Function):
         return gx, ((grad_output * d).sum() / x.numel() ** 0.5).reshape(alpha.shape), None
 
 
-class _SteSignedWindow(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha, signed):
-        return ElasticSTE.forward(ctx, x, alpha, signed)
-
+class _SteSignedWindow(ElasticSTE):
     @staticmethod
     def backward(ctx, grad_output):
         x, alpha = ctx.saved_tensors
@@ -543,11 +532,7 @@ class _SteSignedWindow(torch.autograd.Function):
         return grad_output * ((x / alpha).abs() <= 1).to(grad_output.dtype), ga, None
 
 
-class _SteNoMinusV(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha, signed):
-        return ElasticSTE.forward(ctx, x, alpha, signed)
-
+class _SteNoMinusV(ElasticSTE):
     @staticmethod
     def backward(ctx, grad_output):
         x, alpha = ctx.saved_tensors
@@ -559,15 +544,11 @@ class _SteNoMinusV(torch.autograd.Function):
         return gx, ((grad_output * d).sum() / x.numel() ** 0.5).reshape(alpha.shape), None
 
 
-class _SteTorchSign(torch.autograd.Function):
+class _SteTorchSign(ElasticSTE):
     @staticmethod
     def forward(ctx, x, alpha, signed):
         out = ElasticSTE.forward(ctx, x, alpha, signed)
         return alpha * torch.sign(x) if signed else out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return ElasticSTE.backward(ctx, grad_output)
 
 
 MISTAKES = [
