@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from binlab.data.sampling import length_grouped_order, padding_share, shuffled_order
+from binlab.data.sampling import encoded_lengths, length_grouped_order, padding_share, shuffled_order
 
 
 def _lengths(n=2000, seed=0):
@@ -53,3 +53,19 @@ def test_padding_share_counts_padded_tokens():
 def test_bad_arguments_are_named(lengths, batch_size, group, match):
     with pytest.raises(ValueError, match=match):
         length_grouped_order(lengths, batch_size, torch.Generator(), group_batches=group)
+
+
+def test_encoded_lengths_count_real_tokens_in_chunks():
+    import warnings
+
+    from binlab.data.glue import load_glue
+    from binlab.tokenizer import load_tokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        split = load_glue("sst2", "train", source="synthetic", max_examples=50)
+    tok = load_tokenizer(None)
+    encode = lambda a, b, n: tok.encode_batch(a, b, max_length=n)  # noqa: E731
+    lengths = encoded_lengths(split, encode, 16, chunk=7)
+    expected = [int(tok.encode_batch([t], None, max_length=16)["attention_mask"].sum()) for t in split.texts_a]
+    assert lengths.tolist() == expected and max(expected) <= 16

@@ -21,12 +21,21 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["shuffled_order", "length_grouped_order", "padding_share"]
+from binlab.data.glue import select_texts
+
+__all__ = ["shuffled_order", "encoded_lengths", "length_grouped_order", "padding_share"]
 
 
 def shuffled_order(n: int, generator: torch.Generator) -> torch.Tensor:
     """A random permutation of ``range(n)`` (int64)."""
     return torch.randperm(n, generator=generator)
+
+
+def encoded_lengths(split, encode, max_length: int, chunk: int = 1024) -> torch.Tensor:
+    """The encoded length of every example of ``split`` (tokens, at most ``max_length``), what grouping sorts by.
+    ``encode(texts_a, texts_b, max_length)`` is the tokenizer's ``encode_batch``; ``chunk`` examples at a time."""
+    return torch.cat([encode(*select_texts(split, range(start, min(start + chunk, len(split)))), max_length)
+                      ["attention_mask"].sum(dim=1) for start in range(0, len(split), chunk)])
 
 
 def length_grouped_order(lengths: Sequence[int] | torch.Tensor, batch_size: int, generator: torch.Generator,

@@ -29,8 +29,8 @@ import torch
 
 from binlab.checkpoint import load_pretrained, resolve_model_dir
 from binlab.data.glue import get_task, load_glue, select_texts
-from binlab.data.sampling import length_grouped_order, padding_share, shuffled_order
-from binlab.methods.distill import KD_KINDS, make_kd_loss
+from binlab.data.sampling import encoded_lengths, length_grouped_order, padding_share, shuffled_order
+from binlab.methods.distill import KD_KINDS
 from binlab.methods.pipeline import frozen
 from binlab.quant.config import PRESETS, QuantConfig
 from binlab.tokenizer import load_tokenizer
@@ -84,6 +84,8 @@ def profile_kd_step(teacher_dir, task: str = "sst2", glue_dir=None, quant: str =
     """Time ``rounds`` KD steps of every variant (module docstring); returns the per-variant medians and ratios."""
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be positive and warmup non-negative, got {rounds} and {warmup}")
+    if kd not in KD_KINDS:
+        raise ValueError(f"unknown distillation kind {kd!r}; choose one of {', '.join(KD_KINDS)}")
     spec = get_task(task)
     train = load_glue(spec, "train", glue_dir=glue_dir, max_examples=max_train)
     tokenizer = load_tokenizer(resolve_model_dir(teacher_dir))
@@ -93,8 +95,7 @@ def profile_kd_step(teacher_dir, task: str = "sst2", glue_dir=None, quant: str =
                               verbose=False)
     calibrate(student, calibration_batch(train, encode, max_length, 128))
     student.train()
-    kd_loss = make_kd_loss(kd, teacher, spec.num_labels)
-    outputs, _, loss_of = KD_KINDS[kd]
+    outputs, teacher_mode, loss_of = KD_KINDS[kd]  # the teacher in the mode of the method's code
     regression = spec.num_labels == 1
 
     def run(model, batch):
@@ -102,14 +103,13 @@ def profile_kd_step(teacher_dir, task: str = "sst2", glue_dir=None, quant: str =
                      token_type_ids=batch["token_type_ids"], **outputs)
 
     def teacher_fn(batch):
-        teacher.train(kd_loss.teacher_mode == "train")
+        teacher.train(teacher_mode == "train")
         return run(teacher, batch)
 
     def student_loss(model, batch, targets):
         return loss_of(run(model, batch), targets, batch, regression, "mse", 1.0)
 
-    lengths = torch.cat([encode(*select_texts(train, range(s, min(s + 1024, len(train)))), max_length)
-                         ["attention_mask"].sum(dim=1) for s in range(0, len(train), 1024)])
+    lengths = encoded_lengths(train, encode, max_length)
     state = []
     for v in variants:
         if v.optimizer not in OPTIMIZERS:

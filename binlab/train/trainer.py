@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from binlab.data.glue import select_texts
-from binlab.data.sampling import length_grouped_order, shuffled_order
+from binlab.data.sampling import encoded_lengths, length_grouped_order, shuffled_order
 from binlab.files import atomic_save_tensors, atomic_write_text, fsync_dir, load_tensors
 from binlab.train.optim import clip_gradients, make_optimizer, make_schedule
 
@@ -147,6 +147,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.clip_lr)
         self.schedule = make_schedule(self.optimizer, self.total_steps, config.warmup)
         self.state = TrainState()
+        self._lengths = None  # train_lengths(), for length-grouped batches
 
     # -- data order: a pure function of (seed, epoch), so a resumed run sees the same batches
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -157,12 +158,8 @@ class Trainer:
 
     def train_lengths(self) -> torch.Tensor:
         """The encoded length of every training example (tokens, at most ``max_length``), computed once."""
-        if getattr(self, "_lengths", None) is None:
-            chunks = []
-            for start in range(0, len(self.train), 1024):
-                a, b = select_texts(self.train, range(start, min(start + 1024, len(self.train))))
-                chunks.append(self.encode(a, b, self.cfg.max_length)["attention_mask"].sum(dim=1))
-            self._lengths = torch.cat(chunks)
+        if self._lengths is None:
+            self._lengths = encoded_lengths(self.train, self.encode, self.cfg.max_length)
         return self._lengths
 
     def _batch(self, indices) -> dict:
