@@ -7,6 +7,7 @@ executes in the test suite in seconds per chapter. Notebooks read it through :fu
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -21,6 +22,20 @@ def fast_mode() -> bool:
 def pick(full, fast):
     """``fast`` in fast mode, ``full`` otherwise: ``n_steps = pick(2000, 20)``."""
     return fast if fast_mode() else full
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """``with torch_threads(1): ...``: torch uses ``n`` threads inside the block; the count before comes back after,
+    also when the block raises. Tiny models train fastest on one thread, and the same on every machine."""
+    import torch  # here, not at the top: importing settings stays free of torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:

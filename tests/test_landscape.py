@@ -539,3 +539,14 @@ def test_setup_loads_a_checkpoint_in_full_mode(tiny_setup, tmp_path, monkeypatch
     assert s.source == "checkpoint" and "best_model" in s.description and "(model_dir)" in s.description
     fast = EL.setup_sst2(fast=True, num_train=16, num_eval=8, train_steps=1, batch_size=8)
     assert fast.source == "tiny" and "is set but ignored" in fast.description
+
+
+def test_torch_threads_gives_the_count_back_also_on_an_error():
+    from binlab.settings import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

@@ -48,6 +48,7 @@ from binlab.methods.curves import load_curves
 from binlab.model import BertConfig, BertForSequenceClassification, tiny_bert
 from binlab.quant import quantizers as Q
 from binlab.quant.config import QuantConfig
+from binlab.settings import torch_threads
 from binlab.tokenizer import load_tokenizer
 from binlab.train.calibration import calibrate
 
@@ -590,9 +591,7 @@ def compare_activation_scales(steps: int = 200, seed: int = 0, hidden_size: int 
                                         hidden_size=hidden_size,
                                         layers=num_layers, train_examples=len(train), dev_examples=len(dev),
                                         quant=base.label, seed=seed, data="SYNTHETIC sst2"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and the result does not depend on the machine
-    try:
+    with torch_threads(1):  # tiny matrices: one thread is fastest, and the result does not depend on the machine
         for variant, description in SCALE_VARIANTS.items():
             t0 = time.perf_counter()
             model = tiny_bert(2, base, seed=seed, hidden_size=hidden_size, num_hidden_layers=num_layers,
@@ -626,8 +625,6 @@ def compare_activation_scales(steps: int = 200, seed: int = 0, hidden_size: int 
                              "final train loss": float(np.mean(tail)),
                              "mean alpha at the end": float(np.mean([a.item() for a in alphas])),
                              "seconds": time.perf_counter() - t0})
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

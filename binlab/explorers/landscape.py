@@ -25,7 +25,7 @@ from binlab.checkpoint import load_pretrained, resolve_model_dir
 from binlab.data.glue import batches as glue_batches, load_glue
 from binlab.data.synthetic import SyntheticDataWarning
 from binlab.model import BertForSequenceClassification, tiny_bert
-from binlab.settings import fast_mode, project_root
+from binlab.settings import fast_mode, project_root, torch_threads
 from binlab.tokenizer import BertTokenizer
 from binlab.train.trainer import default_loss
 
@@ -326,17 +326,13 @@ def setup_sst2(model_dir: str | os.PathLike | None = None, fast: bool | None = N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntheticDataWarning)
         split = load_glue("sst2", "train", source="synthetic", max_examples=max(num_train, num_eval), seed=seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread beats several (80 s against 3 s on two busy cores)
-    with torch.random.fork_rng(devices=[]):
+    # tiny tensors: one thread beats several (80 s against 3 s on two busy cores)
+    with torch_threads(1), torch.random.fork_rng(devices=[]):
         model = tiny_bert(2, vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3,
                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=max_length,
                           dropout=0.0, seed=seed)
         train = _encode(tokenizer, split, batch_size, max_length)
-        try:
-            losses = train_briefly(model, train, train_steps, lr=lr, seed=seed)
-        finally:
-            torch.set_num_threads(threads)
+        losses = train_briefly(model, train, train_steps, lr=lr, seed=seed)
     batches = _encode(tokenizer, split[:num_eval], batch_size, max_length)
     description = (f"{why}. A tiny BERT (hidden 32, 3 layers, 4 heads, MiniLM's WordPiece vocabulary) trained "
                    f"for {train_steps} AdamW steps on {len(split)} SYNTHETIC SST-2 sentences (binlab's generator, "

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from binlab.checkpoint import hf_to_binlab_key, load_state_dict, resolve_model_dir
 from binlab.quant import quantizers as Q
+from binlab.settings import torch_threads
 
 __all__ = [
     "QUANTIZER_PARAMS", "MIN_BITS", "build_quantizer", "quantize", "transfer_curve", "symmetric_grid",
@@ -500,9 +501,7 @@ def ste_toy_run(ste: str = "clipped", num_steps: int = 150, lr: float = 0.01, hi
     if ste not in STES:
         raise ValueError(f"ste must be one of {list(STES)}, got {ste!r}")
     x, y = toy_task(num_points, input_scale, seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and the result does not depend on the machine
-    try:
+    with torch_threads(1):  # tiny matrices: one thread is fastest, and the result does not depend on the machine
         torch.manual_seed(seed)
         net = BinaryMLP(STES[ste], hidden)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -516,8 +515,6 @@ def ste_toy_run(ste: str = "clipped", num_steps: int = 150, lr: float = 0.01, hi
             run.inside_window.append(float((net.first_preact.abs() <= 1).float().mean()))
         with torch.no_grad():
             run.accuracy = float((net(x).argmax(dim=1) == y).float().mean())
-    finally:
-        torch.set_num_threads(threads)
     return run
 
 
