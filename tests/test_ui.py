@@ -11,7 +11,16 @@ For each notebook in :data:`NOTEBOOKS` (chapter 1 first), on a throwaway Jupyter
    and that the page shows no "Error displaying widget";
 4. move or click the first slider / toggle / checkbox (preferring one whose cell output also holds
    a figure) and check that a figure's data or SVG changed;
-5. save a screenshot to ``build/ui-<notebook>.png``.
+5. save a screenshot to ``build/ui-<notebook>.png`` with the moved control's figure in view;
+6. scroll every figure into view in turn, check that it fills its cell's width (the book's figures are
+   :class:`binlab.explorers.figure.Figure`s, which follow the cell width; one that sets a width keeps
+   it) and save it as ``build/ui-<notebook>-fig<NN>.png``.
+
+For exercises 1 and 4 (:data:`EXERCISES`), both sides of the grader, as a learner meets them: Run All on the
+untouched notebook (every check says "not attempted", no traceback); then, in one question's answer cell,
+a typical wrong answer (one of the grader's ``MISTAKES``) typed into the editor and run with its check
+cell (the check must give fewer points and the mistake's diagnosis), then the reference solution (full
+marks); screenshots ``build/ui-<exercise>-wrong.png`` and ``-right.png``.
 
 Excluded from ``make test`` (marker ``ui``); run with ``make test-ui``. Set ``BINLAB_UI_NOTEBOOKS``
 (paths separated by ``os.pathsep``) to drive other notebooks, ``BINLAB_UI_TIMEOUT`` (seconds, default
@@ -42,6 +51,14 @@ NOTEBOOKS = [
 ]
 if os.environ.get("BINLAB_UI_NOTEBOOKS"):
     NOTEBOOKS = [p for p in os.environ["BINLAB_UI_NOTEBOOKS"].split(os.pathsep) if p]
+
+# Exercises driven on both sides: (notebook, grader module, question, name of the wrong answer in its MISTAKES).
+EXERCISES = [
+    ("exercises/01_popcount.ipynb", "binlab.grader.ex01_popcount", "q1", "msb_first"),
+    ("exercises/04_splitting.ipynb", "binlab.grader.ex04_splitting", "q1", "i_greater_equal"),
+]
+if os.environ.get("BINLAB_UI_NOTEBOOKS"):
+    EXERCISES = [e for e in EXERCISES if e[0] in NOTEBOOKS]
 
 RUN_TIMEOUT = float(os.environ.get("BINLAB_UI_TIMEOUT", "600"))  # Run All, s
 KERNEL_TIMEOUT = 180.0     # first kernel start on busy cores, s
@@ -77,7 +94,7 @@ def _code_cells(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def lab():
-    existing = [_path(nb) for nb in NOTEBOOKS if _path(nb).is_file()]
+    existing = [_path(nb) for nb in NOTEBOOKS + [e[0] for e in EXERCISES] if _path(nb).is_file()]
     with LabServer(existing, start_timeout=KERNEL_TIMEOUT) as server:
         yield server
 
@@ -141,6 +158,23 @@ WIDGET_ERRORS_JS = """() => {
 }"""
 
 PAGE_TEXT_JS = "() => document.body.innerText"
+
+# Each figure's drawn width against the width its output area offers, and its title (for messages).
+FIGURE_SIZES_JS = """() => [...document.querySelectorAll('.jp-OutputArea .js-plotly-plot')].map(el => {
+  const area = el.closest('.jp-OutputArea-output') || el.parentElement;
+  const paper = el.querySelector('svg.main-svg');
+  const title = el.layout && el.layout.title;
+  return {
+    drawn: paper ? paper.getBoundingClientRect().width : 0,
+    available: area.getBoundingClientRect().width,
+    fixed: !!(el.layout && el.layout.width),
+    traces: (el.data || []).length,
+    held: el.binlabHeld ? el.binlabHeld() : -1,   // traces the widget's model holds (binlab's Figure only)
+    redrawn: el.binlabRedrawn || 0,
+    title: String((title && (title.text || title)) || '(untitled)').slice(0, 80),
+  };
+})"""
+MIN_FILL = 0.9             # a figure without a layout width must fill this share of its output area
 
 
 def kernel_state(page) -> str:
@@ -287,6 +321,39 @@ def operate(page, control) -> str:
     raise AssertionError(f"don't know how to operate a control with classes {classes!r}")
 
 
+def screenshot_figures(page, name: str) -> int:
+    """Scroll each figure into view, check its width, save ``build/ui-<name>-figNN.png``; returns how many."""
+    for old in BUILD.glob(f"ui-{name}-fig*.png"):
+        old.unlink()
+    plots = page.locator(".jp-OutputArea .js-plotly-plot")
+    narrow, empty = [], []
+    for i in range(plots.count()):
+        plot = plots.nth(i)
+        plot.evaluate("e => e.scrollIntoView({block: 'center'})")
+        svg = lambda: plot.evaluate("e => [...e.querySelectorAll('svg.main-svg')].map(s => s.innerHTML).join('')")
+        last = svg()
+
+        def drawn():  # the same drawing twice, 300 ms apart: no redraw under way
+            nonlocal last
+            page.wait_for_timeout(300)
+            now = svg()
+            ok, last = now == last, now
+            return ok, len(now)
+
+        wait_until(drawn, 30, f"figure {i} to finish drawing", interval=0)
+        size = page.evaluate(FIGURE_SIZES_JS)[i]
+        if not size["fixed"] and size["drawn"] < MIN_FILL * size["available"]:
+            narrow.append(f"figure {i} ({size['title']!r}): {size['drawn']:.0f} of {size['available']:.0f} px")
+        if not size["traces"] or size["title"] == "(untitled)":
+            empty.append(f"figure {i} ({size['title']!r}): {size['traces']} traces drawn, its model holds "
+                         f"{size['held']}, redrawn {size['redrawn']} times")
+        box = plot.bounding_box()
+        page.screenshot(path=str(BUILD / f"ui-{name}-fig{i:02d}.png"), clip=box)
+    assert not narrow, "figures narrower than their cell: " + "; ".join(narrow)
+    assert not empty, "figures drawn without data or title: " + "; ".join(empty)
+    return plots.count()
+
+
 @contextlib.contextmanager
 def diagnostics(page, lab, name: str, console: list):
     """On failure: screenshot build/ui-<name>-failure.png and put page text, console, log in the message."""
@@ -372,11 +439,117 @@ def test_notebook_in_browser(notebook, request):
             plot.evaluate("e => e.scrollIntoView({block: 'center'})")
             page.wait_for_timeout(500)
             page.screenshot(path=str(BUILD / f"ui-{name}.png"))
+
+            # Every figure in view, one screenshot each; each fills its cell's width.
+            n_figures = screenshot_figures(page, name)
             print(f"{notebook}: ran {n_code} code cells in {t_run:.0f} s; {done}; "
-                  f"screenshot {BUILD / f'ui-{name}.png'}; total {time.monotonic() - t0:.0f} s")
+                  f"screenshots {BUILD / f'ui-{name}.png'} + {n_figures} figures; total {time.monotonic() - t0:.0f} s")
     finally:
         with contextlib.suppress(Exception):
             page.close()
         lab.shutdown_kernels()
     # The browser worked on a copy with autosave off: the notebook in the checkout is untouched.
+    assert path.read_bytes() == original, f"{notebook} was modified while the browser ran it"
+
+
+# ------------------------------------------------------------------------------------------
+# Exercises: a wrong answer, then the right one, typed into the answer cell.
+
+def answer_source(module, question: str, mistake: str | None) -> str:
+    """The code a learner would type for ``question``: a known wrong answer (``mistake``) or the reference,
+    as a function with the question's name."""
+    import importlib
+    import inspect
+    import textwrap
+
+    grader = importlib.import_module(module)
+    q = getattr(grader, question)
+    if mistake is None:
+        return q.solution_source()
+    impl = next(m.impl for m in grader.MISTAKES if m.question == question and m.name == mistake)
+    source = textwrap.dedent(inspect.getsource(impl))
+    return re.sub(r"^def \w+\(", f"def {q.func_name}(", source, count=1)
+
+
+def cell_with(page, text: str):
+    """The code cell whose input contains ``text``."""
+    return page.locator(".jp-Notebook .jp-CodeCell").filter(
+        has=page.locator(".jp-InputArea .cm-content", has_text=text)).first
+
+
+def type_answer_and_check(page, answer_cell, check_cell, source: str) -> str:
+    """Replace the answer cell's code by ``source`` as a learner would (click, select all, type), run it and its
+    check cell with Shift+Enter; returns the check's output once it changed."""
+    before = check_cell.locator(".jp-OutputArea").inner_text()
+    editor = answer_cell.locator(".cm-content").first
+    editor.scroll_into_view_if_needed()
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(source)  # no auto-indent: the text lands as written
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.press("Shift+Enter")
+
+    def changed():
+        now = check_cell.locator(".jp-OutputArea").inner_text()
+        return (now != before and kernel_state(page) == "Idle"), now
+
+    return wait_until(changed, CHANGE_TIMEOUT, "the check cell's feedback to change")
+
+
+@pytest.mark.parametrize("notebook, module, question, mistake", EXERCISES,
+                         ids=[Path(e[0]).stem for e in EXERCISES])
+def test_exercise_in_browser(notebook, module, question, mistake, request):
+    path = _path(notebook)
+    lab = request.getfixturevalue("lab")
+    context = request.getfixturevalue("browser")
+    name = path.stem
+    BUILD.mkdir(exist_ok=True)
+    n_code = _code_cells(lab.copy_of(path))
+    original = path.read_bytes()
+    import importlib
+
+    q = getattr(importlib.import_module(module), question)
+    diagnosis = next(m.diagnosis for m in importlib.import_module(module).MISTAKES
+                     if m.question == question and m.name == mistake)
+
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    try:
+        with diagnostics(page, lab, name, console):
+            page.goto(lab.url_for(path), wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=KERNEL_TIMEOUT * 1000)
+            dismiss_dialogs(page)
+            wait_kernel_idle(page, KERNEL_TIMEOUT)
+
+            # The untouched notebook: every check runs and says "not attempted".
+            run_all_cells(page)
+            st = wait_run_finished(page, n_code, RUN_TIMEOUT)
+            assert not st["tracebacks"], "a cell of the untouched exercise raised:\n" + "\n".join(st["tracebacks"])
+            answer = cell_with(page, f"def {q.func_name}(")
+            check = cell_with(page, f"{question}.check({q.func_name})")
+            stub_feedback = check.locator(".jp-OutputArea").inner_text()
+            assert "not attempted" in stub_feedback and f"0/{q.max_points}" in stub_feedback, stub_feedback
+
+            # A typical wrong answer: fewer points, and the grader says what is wrong.
+            wrong = type_answer_and_check(page, answer, check, answer_source(module, question, mistake))
+            assert "correct!" not in wrong and f"/{q.max_points} points" in wrong, wrong
+            assert diagnosis.lower() in wrong.lower(), f"the diagnosis {diagnosis!r} is missing from:\n{wrong}"
+            check.scroll_into_view_if_needed()
+            page.screenshot(path=str(BUILD / f"ui-{name}-wrong.png"))
+
+            # The reference solution: full marks.
+            right = type_answer_and_check(page, answer, check, answer_source(module, question, None))
+            assert f"correct! {q.max_points}/{q.max_points} points" in right, right
+            check.scroll_into_view_if_needed()
+            page.screenshot(path=str(BUILD / f"ui-{name}-right.png"))
+            st = page.evaluate(STATE_JS)
+            assert not st["tracebacks"], "a traceback appeared:\n" + "\n\n".join(st["tracebacks"])[-4000:]
+            print(f"{notebook}: stub 0/{q.max_points}; {mistake}: {wrong.splitlines()[0]!r}; reference: full marks")
+    finally:
+        with contextlib.suppress(Exception):
+            page.close()
+        lab.shutdown_kernels()
     assert path.read_bytes() == original, f"{notebook} was modified while the browser ran it"

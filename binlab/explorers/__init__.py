@@ -12,4 +12,5 @@ callback logic lives here, so the tests drive it from Python and the notebooks o
     splitting  chapter 4: ternary weight splitting step by step, the printed coefficient's error, landscapes
                before and after splitting, split-then-fine-tune vs direct binarization on a tiny BERT
     viz        what the chapters share: show_source, markdown tables and sections
+    figure     Figure: the FigureWidget every chapter figure is, sized to its cell's width
 """

@@ -29,6 +29,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from binlab.analysis import costs
+from binlab.explorers.figure import Figure
 from binlab.explorers.viz import markdown_section, markdown_table, parse_markdown_table, parse_number
 from binlab.kernels import bench, packing, products
 from binlab.settings import project_root
@@ -55,6 +56,11 @@ def cost_rows(configs, seq_len: int = 128) -> list[dict]:
     return rows
 
 
+def _mib(v: float) -> str:
+    """A bar label: whole MiB from 100 up (three digits side by side fit a bar), one decimal below."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
 def cost_figure(configs, seq_len: int = 128):
     """Two bar charts side by side: model size (MiB, log scale: the quantized groups and the groups
     kept in FP32 side by side, the total on top) and GFLOPs at ``seq_len`` tokens, for each config
@@ -67,13 +73,13 @@ def cost_figure(configs, seq_len: int = 128):
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
         "model size (MiB, log scale)", f"matrix-product GFLOPs, {seq_len} tokens"))
     fig.add_bar(x=labels, y=[r["MiB"] for r in rows], name="total", marker_color="#90a4ae",
-                text=[f"{r['MiB']:.1f}" for r in rows], textposition="outside", row=1, col=1,
+                text=[_mib(r["MiB"]) for r in rows], textposition="outside", row=1, col=1,
                 hovertemplate="%{x}: %{y:.2f} MiB in all<extra></extra>")
     fig.add_bar(x=labels, y=quantized, name="word embedding + weight matrices", marker_color=PLUS,
-                text=[f"{v:.1f}" for v in quantized], textposition="outside", row=1, col=1,
+                text=[_mib(v) for v in quantized], textposition="outside", row=1, col=1,
                 hovertemplate="%{x}: %{y:.2f} MiB<extra>weight matrices</extra>")
     fig.add_bar(x=labels, y=fp, name="kept FP32 (LayerNorms, biases, position tables)",
-                marker_color=MINUS, text=[f"{v:.1f}" for v in fp], textposition="outside",
+                marker_color=MINUS, text=[_mib(v) for v in fp], textposition="outside",
                 row=1, col=1, hovertemplate="%{x}: %{y:.2f} MiB<extra>kept FP32</extra>")
     fig.add_bar(x=labels, y=[r["GFLOPs"] for r in rows], name="GFLOPs (bit-ops count w·a/64)",
                 marker_color="#264653", row=1, col=2, text=[f"{r['GFLOPs']:.2f}" for r in rows],
@@ -223,7 +229,7 @@ def make_xnor_explorer(n_bits: int = 12, seed: int = 0, a=None, b=None):
                 y=tr["bars_y"], text=tr["bars_text"], textposition="outside",
                 marker_color=[PLUS, DIFFER, "#264653"], name="counts",
                 hovertemplate="%{x}: %{y}<extra></extra>", row=2, col=1)
-    base.update_layout(title=dict(text=tr["title"], x=0.5), height=560, width=760, showlegend=False,
+    base.update_layout(title=dict(text=tr["title"], x=0.5), height=560, showlegend=False,
                        margin=dict(l=70, r=20, t=90, b=60))
     base.update_xaxes(title_text="bit position k (bit k of the word)", dtick=1, row=1, col=1)
     base.update_yaxes(title_text="row", tickvals=list(range(len(ROWS))), ticktext=list(ROWS),
@@ -231,7 +237,7 @@ def make_xnor_explorer(n_bits: int = 12, seed: int = 0, a=None, b=None):
     base.update_xaxes(title_text="quantity", row=2, col=1)
     base.update_yaxes(title_text="count / value", range=[-k - 2, k + 4], zeroline=True, row=2, col=1)
     # Build the whole figure first, then wrap it: the widget starts from its complete state.
-    fig = go.FigureWidget(base)
+    fig = Figure(base)
 
     readout = widgets.HTML(tr["readout"])
 
@@ -310,7 +316,7 @@ def packing_figure(x: torch.Tensor):
                else f"padding (element {e} ≥ K = {k}): bit 0")
               for j, e in enumerate(row)] for w, row in enumerate(element)]
     z = np.where(bits < 0, 2, bits)
-    fig = go.Figure(go.Heatmap(
+    fig = Figure(go.Heatmap(
         z=z.tolist(), x=list(range(64)), y=[f"word {w}" for w in range(n_words)],
         text=[[str(v) if v >= 0 else "" for v in row] for row in bits], texttemplate="%{text}",
         customdata=hover, hovertemplate="%{y}, bit %{x}: %{customdata}<extra></extra>",
@@ -318,7 +324,7 @@ def packing_figure(x: torch.Tensor):
         colorscale=[[0, MINUS], [1 / 3, MINUS], [1 / 3, PLUS], [2 / 3, PLUS], [2 / 3, PADDING], [1, PADDING]]))
     fig.update_layout(title=f"pack_signs: K = {k} signs in {n_words} uint64 words "
                             f"(element k → bit k % 64 of word k // 64; grey = padding, always 0)",
-                      height=120 + 60 * n_words, width=960, margin=dict(t=70, l=70))
+                      height=120 + 60 * n_words, margin=dict(t=70, l=70))
     fig.update_xaxes(title_text="bit position in the word (k % 64), least significant first", dtick=8)
     fig.update_yaxes(title_text="word (k // 64)", autorange="reversed")
     return fig
@@ -462,7 +468,7 @@ def speedup_figure(measured: list[dict], recorded: dict[str, dict] | None = None
 
     labels = [_shape(r) + ("" if r["quiet"] else " (disturbed)") for r in measured]
     hover = ["quiet CPU" if r["quiet"] else f"disturbed: {r['disturbed']}" for r in measured]
-    fig = go.Figure()
+    fig = Figure()
     for key, name, color in (("x_prepacked", "here: xnor_gemm, prepacked", PLUS),
                              ("x_linear", "here: BinaryLinear (packing counted)", MINUS)):
         fig.add_bar(x=labels, y=[r[key] for r in measured], name=name, customdata=hover,

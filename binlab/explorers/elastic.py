@@ -44,6 +44,7 @@ from torch import Tensor
 
 from binlab.checkpoint import load_pretrained
 from binlab.data.glue import batches as glue_batches, load_glue
+from binlab.explorers.figure import Figure
 from binlab.methods.curves import load_curves
 from binlab.model import BertConfig, BertForSequenceClassification, tiny_bert
 from binlab.quant import quantizers as Q
@@ -238,7 +239,7 @@ def activation_histograms_figure(samples: dict[str, ActivationSample], num_bins:
         e_sign = relative_error(s.values, _sign_no_scale(s.values))
         e_opt = relative_error(s.values, binarize(s.values, s.alpha_star, 0.0, s.signed))
         titles.append(f"{s.key}: sign(x) error {e_sign:.2f}, alpha* error {e_opt:.2f}")
-    fig = go.FigureWidget(make_subplots(rows=1, cols=len(keys), subplot_titles=titles, horizontal_spacing=0.07))
+    fig = Figure(make_subplots(rows=1, cols=len(keys), subplot_titles=titles, horizontal_spacing=0.07))
     for i, k in enumerate(keys, start=1):
         s = samples[k]
         v = s.values.numpy()
@@ -275,7 +276,7 @@ def alpha_sweep_figure(samples: dict[str, ActivationSample], num_alphas: int = 2
     """The error ``mean((x - x_b)^2)`` against alpha for each activation, computed by binarizing; markers at the
     paper's alpha* (:func:`binlab.quant.quantizers.optimal_alpha`) and at the code's 2 / 4 mean|x|."""
     keys = list(samples)
-    fig = go.FigureWidget(make_subplots(rows=1, cols=len(keys), horizontal_spacing=0.08,
+    fig = Figure(make_subplots(rows=1, cols=len(keys), horizontal_spacing=0.08,
                                         subplot_titles=[f"{k}: {'{-α, +α}' if samples[k].signed else '{0, α}'}"
                                                         for k in keys]))
     for i, k in enumerate(keys, start=1):
@@ -323,7 +324,7 @@ def make_elastic_explorer(samples: dict[str, ActivationSample] | None = None, nu
         "beta": W.FloatSlider(value=0.0, min=-1.0, max=1.0, step=0.01, readout_format=".4f",
                               description="threshold beta"),
     }
-    fig = go.FigureWidget(make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=(
+    fig = Figure(make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=(
         "x, coloured by its binary value", "error against alpha at this beta")))
     fig.add_trace(go.Bar(name="→ lower value (−α or 0)", marker_color="lightsteelblue"), row=1, col=1)
     fig.add_trace(go.Bar(name="→ upper value (+α)", marker_color="darkorange"), row=1, col=1)
@@ -436,7 +437,7 @@ def ste_gradient_figure(alpha: float = 1.0, x_range: float = 2.5, num_points: in
     N = 1), computed by :func:`ste_gradients` at the given alpha."""
     x = torch.linspace(-x_range, x_range, num_points, dtype=torch.float64)
     xs = x.numpy()
-    fig = go.FigureWidget(make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=(
+    fig = Figure(make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=(
         "forward q(x)", "dq/dx (straight-through)", "dq/dα (one entry, N = 1)")))
     styles = {True: ("{-α, +α}", "royalblue"), False: ("{0, α}", "firebrick")}
     for signed, (name, color) in styles.items():
@@ -479,7 +480,7 @@ def uniform_attention_figure(rows: list[dict]):
     """The share of a uniform row's probabilities kept (binarized to alpha), against the row length, with the
     code's 4 mean(p) and with alpha*."""
     L = [r["L"] for r in rows]
-    fig = go.FigureWidget()
+    fig = Figure()
     fig.add_trace(go.Scatter(x=L, y=[r["ones code"] / r["L"] for r in rows], mode="lines+markers",
                              name="alpha = 4 mean(p) (BiT's code)", line=dict(color="firebrick")))
     fig.add_trace(go.Scatter(x=L, y=[r["ones alpha*"] / r["L"] for r in rows], mode="lines+markers",
@@ -633,7 +634,7 @@ def scale_comparison_figure(comparison: ScaleComparison, smooth: int = 5):
     steps), the legend giving each one's dev accuracy."""
     colors = {"no scale": "gray", "fixed alpha*": "royalblue", "elastic": "darkorange"}
     acc = {r["variant"]: r["dev accuracy"] for r in comparison.rows}
-    fig = go.FigureWidget()
+    fig = Figure()
     for variant, losses in comparison.losses.items():
         y = np.asarray(losses, dtype=np.float64)
         k = max(1, min(int(smooth), len(y)))
@@ -653,7 +654,7 @@ def learning_curves_figure(curves: dict | str | Path, title: str | None = None):
     hop's best model, so the curves of one chain share the x axis but not their starting weights."""
     data = load_curves(curves) if isinstance(curves, (str, Path)) else curves
     about = data.get("about", {})
-    fig = go.FigureWidget()
+    fig = Figure()
     for c in data["curves"]:
         steps, scores = zip(*c["points"]) if c["points"] else ((), ())
         best = c.get("best")

@@ -24,6 +24,7 @@ from binlab.analysis.landscape import (PERTURBABLE, LossGrid, _as_batches, _eval
 from binlab.checkpoint import load_pretrained, resolve_model_dir
 from binlab.data.glue import batches as glue_batches, load_glue
 from binlab.data.synthetic import SyntheticDataWarning
+from binlab.explorers.figure import Figure
 from binlab.model import BertForSequenceClassification, tiny_bert
 from binlab.settings import fast_mode, project_root, torch_threads
 from binlab.tokenizer import BertTokenizer
@@ -73,7 +74,7 @@ def landscape_figure(grids: Mapping[str, LossGrid], shared_z: bool = True, title
     lo = min(float(g.losses.min()) for g in grids.values())
     hi = max(float(g.losses.max()) for g in grids.values())
     fig = make_subplots(rows=1, cols=n, specs=[[{"type": "surface"}] * n],
-                        subplot_titles=[f"{lab} (centre loss {grids[lab].center_loss:.3f})" for lab in labels],
+                        subplot_titles=[f"{lab}<br>(centre loss {grids[lab].center_loss:.3f})" for lab in labels],
                         horizontal_spacing=0.02)
     for k, lab in enumerate(labels):
         g = grids[lab]
@@ -93,7 +94,7 @@ def landscape_figure(grids: Mapping[str, LossGrid], shared_z: bool = True, title
     fig.update_layout(
         title=title or (f"Training loss with W + x·mean|W|·1 ({_short(first.names[0])}) and "
                         f"W + y·mean|W|·1 ({_short(first.names[1])})"),
-        height=480, margin=dict(l=10, r=10, t=80, b=10))
+        height=500, margin=dict(l=10, r=10, t=110, b=10))
     return fig
 
 
@@ -103,7 +104,7 @@ def eigenvalue_figure(rows: Sequence[Mapping], magnitude: bool = True, title: st
     if not rows:
         raise ValueError("eigenvalue_figure: no rows")
     mean, std = ("mean_abs", "std_abs") if magnitude else ("mean", "std")
-    fig = go.Figure()
+    fig = Figure()
     for label in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == label]
         fig.add_trace(go.Bar(name=label, x=[r["module"] for r in sub], y=[r[mean] for r in sub],
@@ -179,7 +180,7 @@ def make_landscape_explorer(models: Mapping[str, BertForSequenceClassification],
         "layers": W.Dropdown(options=pairs, value=pairs[0][1], description="layers"),
         "steps": W.SelectionSlider(options=steps_options, value=steps, description="grid"),
     }
-    fig = go.FigureWidget(data=[go.Surface(x=[0.0, 1.0], y=[0.0, 1.0], z=[[0.0, 0.0], [0.0, 0.0]],
+    fig = Figure(data=[go.Surface(x=[0.0, 1.0], y=[0.0, 1.0], z=[[0.0, 0.0], [0.0, 0.0]],
                                            colorscale="Viridis", colorbar=dict(title="loss"))])
     # a fixed box: plotly's default ("auto" -> "data") draws z to scale with x and y in [-1, 1], so a loss that
     # varies by 1e-5 would be a flat sheet whatever the z range

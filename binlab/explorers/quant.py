@@ -32,6 +32,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
 from binlab.checkpoint import hf_to_binlab_key, load_state_dict, resolve_model_dir
+from binlab.explorers.figure import Figure
 from binlab.quant import quantizers as Q
 from binlab.settings import torch_threads
 
@@ -163,7 +164,7 @@ def make_transfer_explorer(name: str = "ste_sign", x_range: float = 3.0, num_poi
     }
     base = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                          subplot_titles=("forward: q(x)", "backward: straight-through gradient (autograd)"))
-    fig = go.FigureWidget(base)
+    fig = Figure(base)
     fig.add_trace(go.Scatter(name="q(x)", mode="lines", line=dict(width=3)), row=1, col=1)
     fig.add_trace(go.Scatter(name="y = x", mode="lines", line=dict(dash="dot", color="gray")), row=1, col=1)
     fig.add_trace(go.Scatter(name="d(sum q)/dx", mode="lines", line=dict(width=3, color="firebrick")),
@@ -295,7 +296,7 @@ def make_histogram_explorer(sample: WeightSample | None = None, num_bins: int = 
         "bits": W.IntSlider(value=2, min=1, max=8, description="bits k"),
         "log_y": W.Checkbox(value=True, description="log count axis"),
     }
-    fig = go.FigureWidget()
+    fig = Figure()
     fig.add_trace(go.Bar(x=centres, y=counts_w, width=width, name="W (full precision)",
                          marker_color="lightgray"))
     fig.add_trace(go.Bar(x=centres, y=np.zeros_like(counts_w), width=width, name="Q(W)",
@@ -362,12 +363,13 @@ def error_vs_bits_figure(errors: dict[str, list[float | None]], bits: tuple[int,
                          title: str = "Reconstruction error against bit-width, same tensor"):
     """Lines of :func:`error_vs_bits` (log error axis, bits on a log2 axis)."""
 
-    fig = go.FigureWidget()
+    fig = Figure()
     for label, row in errors.items():
         xs = [b for b, e in zip(bits, row) if e is not None]
         ys = [e for e in row if e is not None]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label))
-    fig.update_layout(title=title, height=430, legend=dict(orientation="h", y=-0.25),
+    fig.update_layout(title=title, height=480, legend=dict(orientation="h", yanchor="top", y=-0.3),
+                      margin=dict(b=130),
                       xaxis=dict(title="bits k", type="log", tickvals=list(bits), ticktext=[str(b) for b in bits]),
                       yaxis=dict(title="relative error ||W - Q(W)||² / ||W||²", type="log"))
     return fig
@@ -406,7 +408,7 @@ def make_alpha_explorer(sample: WeightSample | None = None, num_alphas: int = 30
     controls = {"alpha": W.FloatSlider(value=float(alphas[num_alphas // 6]), min=0.0, max=float(alphas[-1]),
                                        step=float(alphas[1] - alphas[0]), readout_format=".4f",
                                        description="alpha", continuous_update=True)}
-    fig = go.FigureWidget()
+    fig = Figure()
     fig.add_trace(go.Scatter(x=alphas, y=errors, mode="lines", name="mean (W - alpha sign W)²"))
     fig.add_trace(go.Scatter(x=[0.0], y=[0.0], mode="markers", name="current alpha",
                              marker=dict(size=13, color="darkorange")))
@@ -528,7 +530,7 @@ def ste_comparison_figure(runs: dict[str, ToyRun]):
     STE window, against the training step."""
 
     colors = {"clipped": "royalblue", "identity": "firebrick"}
-    fig = go.FigureWidget(make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
+    fig = Figure(make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
         "training loss", "first layer: pre-activations with |z| <= 1")))
     for ste, run in runs.items():
         steps = np.arange(1, len(run.losses) + 1)

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 from torch import Tensor
@@ -36,6 +35,7 @@ from binlab.analysis import landscape as L
 from binlab.checkpoint import load_pretrained, save_pretrained
 from binlab.data.glue import batches as glue_batches, load_glue
 from binlab.data.synthetic import SyntheticDataWarning
+from binlab.explorers.figure import Figure
 from binlab.explorers.viz import markdown_section
 from binlab.methods.binarybert import BinaryBertConfig, load_stage_model, run_binarybert
 from binlab.methods.split_model import binary_quant_config, split_ternary_model
@@ -255,7 +255,7 @@ def make_split_explorer(shape: tuple[int, int] = (6, 10), seed: int = 0, skew: f
         base.update_xaxes(title_text="column j", range=[-0.5, cols - 0.5], row=r, col=c)
         base.update_yaxes(title_text="row i", range=[rows - 0.5, -0.5], row=r, col=c)
     base.update_layout(height=600, margin=dict(l=60, r=170, t=110, b=50), title=dict(text="", x=0.5))
-    fig = go.FigureWidget(base)
+    fig = Figure(base)
 
     def update(*_):
         c = {k: w.value for k, w in controls.items() if k != "info"}
@@ -378,8 +378,8 @@ def split_error_rows(model, embedding: bool = True, embedding_rows: int | None =
 def split_error_figure(rows: list[dict], title: str | None = None):
     """Bars (log scale) of the worst quantized split error per tensor type, code's a vs printed a, with α_t."""
 
-    x = [r["tensor type"] for r in rows]
-    fig = go.FigureWidget()
+    x = [r["tensor type"].replace(" (", "<br>(") for r in rows]  # the embedding's long label on two lines
+    fig = Figure()
     floor = 1e-12  # a log axis cannot show an exact 0
     fig.add_bar(x=x, y=[max(r["code a"], floor) for r in rows], name="code's a: (S_I + S_K − S_J) / 2S_I")
     fig.add_bar(x=x, y=[max(r["printed a"], floor) for r in rows], name="printed a: (S_I + S_J − S_K) / 2S_I")
@@ -388,7 +388,7 @@ def split_error_figure(rows: list[dict], title: str | None = None):
     fig.update_layout(barmode="group", yaxis_type="log", height=420,
                       title=title or "Worst max|BWN(W₁) + BWN(W₂) − TWN(W)| per tensor type",
                       xaxis_title="tensor type", yaxis_title="max abs error (log scale)",
-                      legend=dict(y=-0.3, orientation="h"))
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), margin=dict(t=110))
     return fig
 
 
@@ -561,7 +561,7 @@ def comparison_figure(comparison: Comparison, title: str | None = None):
     keys = ("teacher", "phase 1 direct (binary)", "phase 1 split (ternary)", "right after split", "final direct",
             "final split")
     x = [f"seed {r['seed']}" for r in comparison.rows]
-    fig = go.FigureWidget()
+    fig = Figure()
     for k in keys:
         fig.add_bar(x=x, y=[r[k] for r in comparison.rows], name=k)
     lo = min(min(r[k] for k in keys) for r in comparison.rows)
