@@ -491,7 +491,8 @@ def type_answer_and_check(page, answer_cell, check_cell, source: str) -> str:
 
     def changed():
         now = check_cell.locator(".jp-OutputArea").inner_text()
-        return (now != before and kernel_state(page) == "Idle"), now
+        prompt = check_cell.locator(".jp-InputArea-prompt").inner_text()
+        return (now.strip() and now != before and "*" not in prompt and kernel_state(page) == "Idle"), now
 
     return wait_until(changed, CHANGE_TIMEOUT, "the check cell's feedback to change")
 
