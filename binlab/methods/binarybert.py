@@ -60,6 +60,7 @@ from binlab.methods.pipeline import (Recipe, RecipeConfig, Run, check_settings, 
                                      recipe_kwargs_from_args, stage_table, teacher_stage)
 from binlab.methods.split_model import binary_quant_config, build_split_model, split_ternary_model
 from binlab.quant.config import FFN_ACTS, QuantConfig
+from binlab.train import distributed
 
 __all__ = [
     "ACT_BITS", "STAGE1_LR_FACTOR", "BinaryBertConfig", "ternary_quant", "binary_quant", "stage_names",
@@ -198,8 +199,10 @@ def _split_stage(run: Run, ternary: nn.Module, ternary_results: dict) -> nn.Modu
                "max_abs_logit_diff_float64": d64, "float64_examples": n64,
                "wall_time_s": round(time.perf_counter() - t0, 1)}
     folder = run.out / "split"
-    save_pretrained(split, folder / "best_model", tokenizer=run.tokenizer)
-    atomic_write_text(folder / "results.json", json.dumps(results, indent=1))
+    if distributed.is_main():  # every process split the same ternary model; one writes it
+        save_pretrained(split, folder / "best_model", tokenizer=run.tokenizer)
+        atomic_write_text(folder / "results.json", json.dumps(results, indent=1))
+    distributed.barrier()
     run.add_row("split", results, split, max_abs_logit_diff=diff)
     print(f"[split] dev {score:.4f} (ternary {t_score:.4f}); max |logit difference| {diff:.2e} "
           f"({d64:.1e} in float64)", flush=True)

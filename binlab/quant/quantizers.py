@@ -49,6 +49,7 @@ __all__ = [
     "ste_sign", "SteSign", "ste_bool", "SteBool", "bwn", "BWN", "twn", "TWN",
     "uniform", "UniformQuantizer", "lsq", "LSQ", "elastic", "Elastic",
     "optimal_alpha", "register", "get", "available", "registered", "knobs", "min_bits", "is_quantizer", "ALPHA_MIN",
+    "batch_share",
 ]
 
 #: Smallest step / alpha the learned-scale quantizers use (BiT's code clamps alpha to 1e-5).
@@ -576,6 +577,34 @@ class UniformQuantizer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the share of the global batch this process holds (data-parallel training)
+
+_BATCH_SHARE = 1.0
+
+
+@contextlib.contextmanager
+def batch_share(share: float):
+    """Inside the block, this process holds ``share`` of the global batch (data-parallel training,
+    :mod:`binlab.train.distributed`): the learned-step quantizers (LSQ, elastic) count N in their gradient scale
+    1 / sqrt(N * Qp) as ``x.numel() / share``, the N of the whole global batch.
+
+    Without it each of W processes would scale its alpha / step gradient by sqrt(W) more than one process does on
+    the full batch (the gradient averaging of the processes cancels the 1/W of the mean, not the 1/sqrt). The scale
+    is fixed in the forward pass, so the block needs to hold only the forward. ``share == 1`` (the default) changes
+    nothing, bit for bit.
+    """
+    global _BATCH_SHARE
+    share = float(share)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"batch_share: the share of the global batch must be in (0, 1], got {share}")
+    previous, _BATCH_SHARE = _BATCH_SHARE, share
+    try:
+        yield
+    finally:
+        _BATCH_SHARE = previous
+
+
+# ----------------------------------------------------------------------------------------------------------
 # learned step size: LSQ (BinaryBERT) and BiT's elastic binarization share one autograd function
 
 
@@ -592,7 +621,7 @@ class _LearnedStepSTE(torch.autograd.Function):
             x_ = x
         ctx.save_for_backward(x_, s)
         ctx.qn, ctx.qp, ctx.binary_sign = qn, qp, binary_sign
-        ctx.grad_scale = 1.0 / math.sqrt(x.numel() * qp)
+        ctx.grad_scale = 1.0 / math.sqrt(x.numel() / _BATCH_SHARE * qp)  # global N: batch_share()
         ctx.step_dtype = step.dtype
         if binary_sign:
             out = _pm1(x_) * s

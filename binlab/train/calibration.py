@@ -5,7 +5,8 @@ LSQ's step and BiT's alpha start from statistics of the tensor they quantize (2 
 a training forward with dropout on. :func:`calibrate` does it on purpose instead:
 
 * on a fixed calibration batch (the first ``n`` training examples, :func:`calibration_batch`), in eval mode (no
-  dropout), without gradients: the result is deterministic, the same in every process of a distributed run;
+  dropout), without gradients: the result is deterministic, the same in every process of a distributed run, and
+  is broadcast from rank 0 all the same (:mod:`binlab.train.distributed`), so every process starts from one set;
 * every data-initialised quantizer is reset first and then initialised in the order of the forward pass, each from
   everything it sees of the calibration batch, with the quantizers before it already calibrated;
 * the scales are parameters, so they are saved with the model and every checkpoint, and a resumed run never
@@ -25,6 +26,7 @@ from torch import nn
 
 from binlab.data.glue import select_texts
 from binlab.quant.quantizers import DataInitialised
+from binlab.train.distributed import broadcast_from_main
 
 __all__ = ["CalibrationReport", "calibration_batch", "calibrate", "data_initialised"]
 
@@ -99,6 +101,8 @@ def calibrate(model: nn.Module, batch: dict) -> CalibrationReport:
         for h in hooks:
             h.remove()
         model.train(was_training)
+    # a distributed run starts from rank 0's scales in every process, whatever each one calibrated on
+    broadcast_from_main(getattr(m, m.scale_name) for m in quantizers.values())
     report = CalibrationReport(n_examples=int(batch["input_ids"].shape[0]))
     report.scales = {name: float(getattr(m, m.scale_name).detach()) for name, m in quantizers.items()}
     report.attention_rows = [rows for rows, _ in counts]

@@ -12,6 +12,9 @@ distillation. What it guarantees:
 * **No pickle.** Tensors go to safetensors, everything else to JSON.
 * **Honest numbers.** The dev set is evaluated every ``eval_every`` steps; the results JSON reports the
   best dev score (what the papers report, methods.md §1) *and* the final one.
+* **Any number of processes.** Under torchrun (:mod:`binlab.train.distributed`) each process trains on its shard of
+  every global batch of ``batch_size`` examples, DistributedDataParallel averages the gradients, and rank 0 alone
+  writes; a resume must use as many processes as the run that wrote the checkpoint (see :class:`Trainer`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from tqdm.auto import tqdm
 from binlab.data.glue import select_texts
 from binlab.data.sampling import encoded_lengths, length_grouped_order, shuffled_order
 from binlab.files import atomic_save_tensors, atomic_write_text, fsync_dir, load_tensors
+from binlab.quant.quantizers import batch_share
+from binlab.train import distributed as D
+from binlab.train.calibration import calibrate, calibration_batch, data_initialised
 from binlab.train.optim import clip_gradients, make_optimizer, make_schedule
 
 
@@ -57,6 +63,7 @@ class TrainConfig:
     seed: int = 42
     max_steps: int = 0                # stop after this many steps (0 = run all epochs)
     group_by_length: bool = False     # batches of similar length (binlab.data.sampling): less padding
+    dropout: float | None = None      # both dropout probabilities of the trained model (None: the model's own)
     progress: bool = True
 
     def __post_init__(self):
@@ -65,6 +72,20 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"TrainConfig.dropout must be in [0, 1) or None, got {self.dropout}")
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of ``model`` at probability ``p``, and its config's two dropout fields (what a saved copy
+    says), for ``TrainConfig.dropout`` (``binlab train --dropout``)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+    config = getattr(model, "config", None)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if hasattr(config, name):
+            setattr(config, name, p)
 
 
 # ----------------------------------------------------------------------------- optimizer state <-> safetensors
@@ -125,7 +146,29 @@ class Trainer:
     ``encode(texts_a, texts_b, max_length) -> dict of tensors`` turns text into model inputs (the
     tokenizer's ``encode_batch``). ``evaluate(model, dev) -> (score, metrics)`` scores the model; the
     score is the task's selection metric. ``loss_fn(model, batch) -> loss`` defaults to CE / MSE and is
-    what distillation replaces.
+    what distillation replaces; it is a mean over the batch's examples (a distributed run averages the shards').
+
+    In a process group of W > 1 processes (torchrun; :mod:`binlab.train.distributed`):
+
+    * ``batch_size`` is the global batch and must be a multiple of W; each process computes its contiguous
+      ``batch_size / W`` examples of every global batch (a last batch of an epoch with fewer than W examples is
+      dropped), DistributedDataParallel averages the gradients, and the loss is weighted so that the average is
+      the gradient of the whole batch's mean also when the shards of the last batch differ in size;
+    * the learned-step quantizers' 1/sqrt(N) gradient scale counts the N of the global batch
+      (:func:`binlab.quant.quantizers.batch_share`);
+    * data-initialised quantizer scales not set yet (LSQ's first-batch initialisation) are calibrated on the first
+      training examples before the model is wrapped (:func:`binlab.train.calibration.calibrate`, broadcast from
+      rank 0): a single process initialises them from its first training batch instead;
+    * each process draws its own dropout (seed + rank); the checkpoint holds every process's RNG state and the
+      number of processes, and a resume with another number is refused;
+    * every process evaluates the whole dev set, and rank 0's score decides the best step; only rank 0 writes
+      checkpoints, ``best_model.safetensors``, ``results.json`` and the progress bar.
+
+    With dropout off and a fixed padded length the final weights equal one process's on the full batch to float
+    rounding (tests/test_distributed.py). What cannot match exactly (docs/methods.md, "Data-parallel training"):
+    quantizers whose forward takes a statistic of the whole tensor (the 8-bit max-abs, the per-tensor minimum of
+    the unsigned multi-bit LSQ / elastic, BiBERT's DMD similarity over the batch's tokens), losses averaged over
+    tokens with dynamic padding (each shard pads to its own longest sentence), and dropout.
     """
 
     def __init__(self, model: nn.Module, train, dev, encode: Callable, evaluate: Callable,
@@ -140,7 +183,13 @@ class Trainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.run_info = run_info or {}
-        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.world, self.rank = D.world_size(), D.rank()
+        D.check_batch_size(config.batch_size, self.world)
+        self.steps_per_epoch = D.batches_per_epoch(len(train), config.batch_size, self.world)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train)} training examples are fewer than the {self.world} processes")
+        if config.dropout is not None:
+            set_dropout(model, config.dropout)
         self.total_steps = math.ceil(self.steps_per_epoch * config.epochs)
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -175,20 +224,24 @@ class Trainer:
         return self.out / "checkpoints"
 
     def save_checkpoint(self) -> Path:
+        rng = D.gather_rng_states()  # every process takes part; rank 0 alone writes
         root = self._ckpt_root()
-        root.mkdir(exist_ok=True)
         final = root / f"step-{self.state.step:07d}"
+        if not D.is_main():
+            return final
+        root.mkdir(exist_ok=True)
         tmp = root / f".tmp-step-{self.state.step:07d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         atomic_save_tensors(self.model.state_dict(), tmp / "model.safetensors")
         opt_tensors, opt_meta = _optimizer_to_flat(self.optimizer)
-        opt_tensors["rng.torch"] = torch.get_rng_state()
+        opt_tensors["rng.torch"] = rng[0]
+        opt_tensors.update({f"rng.torch.rank{r}": state for r, state in enumerate(rng[1:], start=1)})
         atomic_save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         sched = {k: v for k, v in self.schedule.state_dict().items() if k != "lr_lambdas"}
         atomic_write_text(tmp / "trainer_state.json", json.dumps(
             {"state": asdict(self.state), "optimizer": opt_meta, "schedule": sched,
-             "config": asdict(self.cfg), "total_steps": self.total_steps}, indent=1))
+             "config": asdict(self.cfg), "total_steps": self.total_steps, "world_size": self.world}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -207,6 +260,10 @@ class Trainer:
             return False
         ckpt = self._ckpt_root() / pointer.read_text().strip()
         meta = json.loads((ckpt / "trainer_state.json").read_text())
+        if meta.get("world_size", 1) != self.world:
+            raise ValueError(f"checkpoint {ckpt} was written by a run on {meta.get('world_size', 1)} process(es), "
+                             f"this one has {self.world}: resume with the same number (torchrun's nodes times "
+                             "processes per node), since each process's share of a batch and its dropout depend on it")
         if meta["config"].get("group_by_length", False) != self.cfg.group_by_length:
             raise ValueError(f"checkpoint {ckpt} was written with group_by_length="
                              f"{meta['config'].get('group_by_length', False)}: resume with the same data order")
@@ -216,15 +273,17 @@ class Trainer:
         missing, unexpected = self.model.load_state_dict(load_tensors(ckpt / "model.safetensors"), strict=True), None
         del missing, unexpected
         opt_tensors = load_tensors(ckpt / "optimizer.safetensors")
-        torch.set_rng_state(opt_tensors.pop("rng.torch"))
+        torch.set_rng_state(opt_tensors["rng.torch" if self.rank == 0 else f"rng.torch.rank{self.rank}"])
+        opt_tensors = {k: v for k, v in opt_tensors.items() if not k.startswith("rng.")}
         self.optimizer.load_state_dict(_optimizer_from_flat(opt_tensors, meta["optimizer"]))
         self.schedule.load_state_dict({**self.schedule.state_dict(), **meta["schedule"]})
         self.state = TrainState(**meta["state"])
         return True
 
     def save_best(self) -> None:
-        """The best-dev model, as a state dict (the CLI also writes an HF-format copy)."""
-        atomic_save_tensors(self.model.state_dict(), self.out / "best_model.safetensors")
+        """The best-dev model, as a state dict (the CLI also writes an HF-format copy). Rank 0 only."""
+        if D.is_main():
+            atomic_save_tensors(self.model.state_dict(), self.out / "best_model.safetensors")
 
     # -- evaluation
     def _evaluate(self) -> dict:
@@ -232,6 +291,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             score, metrics = self.evaluate(self.model, self.dev)
+        score = D.broadcast_float(score)  # rank 0's: every process picks the same best step
         self.model.train(was_training)
         entry = {"step": self.state.step, "epoch": self.state.epoch, "score": score, **metrics}
         self.state.history.append(entry)
@@ -240,36 +300,65 @@ class Trainer:
             self.save_best()
         return entry
 
+    # -- one step
+    def _calibrate_unset_scales(self) -> None:
+        """Distributed runs: data-initialised quantizer scales that are not set yet would each start from their own
+        process's first shard. Calibrate them on the first training examples instead, the same in every process."""
+        unset = [name for name, m in data_initialised(self.model).items() if not bool(m.initialized)]
+        if unset:
+            report = calibrate(self.model, calibration_batch(self.train, self.encode, self.cfg.max_length))
+            if D.is_main():
+                print(f"{len(unset)} quantizer scales were not initialised yet; on the first training examples, the "
+                      f"same in every process: {report.describe()}", flush=True)
+
+    def _step(self, net: Callable, indices: torch.Tensor) -> float:
+        """One optimizer step on the global batch ``indices``, of which this process computes its shard; returns the
+        loss of the whole global batch. ``net(batch)`` is the loss of the model (in DistributedDataParallel in a
+        distributed run, :func:`binlab.train.distributed.wrap`)."""
+        local = D.shard(indices, self.rank, self.world)
+        share = len(local) / len(indices)
+        batch = self._batch(local)
+        with batch_share(share):  # the quantizers' gradient scales count the global batch
+            loss = net(batch)
+        # every process's mean, weighted by its share of the examples: the global batch's mean, the same everywhere
+        total = D.all_reduce_sum(loss.detach() * share) if self.world > 1 else loss.detach()
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {total.item()} at step {self.state.step}; "
+                                     "lower the learning rate or check the inputs")
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages the processes' gradients: weighted by share * W, that average is the gradient of the global
+        # batch's mean also when the shards differ in size (the last batch of an epoch)
+        (loss * (share * self.world) if self.world > 1 else loss).backward()
+        clip_gradients(self.model, self.optimizer, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        return total.item()
+
     def fit(self, resume: bool = False) -> dict:
         cfg = self.cfg
         if resume and self.load_checkpoint():
-            print(f"resumed from step {self.state.step} (epoch {self.state.epoch}, "
-                  f"batch {self.state.batch_in_epoch})", flush=True)
+            if D.is_main():
+                print(f"resumed from step {self.state.step} (epoch {self.state.epoch}, "
+                      f"batch {self.state.batch_in_epoch})", flush=True)
         else:
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(cfg.seed + self.rank)  # each process its own dropout
+        if self.world > 1:
+            self._calibrate_unset_scales()
+        net = D.wrap(self.model, self.loss_fn)  # after any calibration: every process starts from rank 0's weights
         self.model.train()
         t0 = time.perf_counter() - self.state.elapsed_s
         bar = None
-        if cfg.progress:
+        if cfg.progress and D.is_main():
             bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True)
         last_loss = math.nan
         while self.state.step < self.total_steps:
             order = self._epoch_order(self.state.epoch)
-            starts = range(self.state.batch_in_epoch * cfg.batch_size, len(order), cfg.batch_size)
+            starts = range(self.state.batch_in_epoch * cfg.batch_size, self.steps_per_epoch * cfg.batch_size,
+                           cfg.batch_size)
             for start in starts:
                 if self.state.step >= self.total_steps:
                     break
-                batch = self._batch(order[start:start + cfg.batch_size])
-                loss = self.loss_fn(self.model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {self.state.step}; "
-                                             "lower the learning rate or check the inputs")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_gradients(self.model, self.optimizer, cfg.grad_clip)
-                self.optimizer.step()
-                self.schedule.step()
-                last_loss = loss.item()
+                last_loss = self._step(net, order[start:start + cfg.batch_size])
                 self.state.step += 1
                 self.state.batch_in_epoch += 1
                 self.state.elapsed_s = time.perf_counter() - t0
@@ -285,7 +374,7 @@ class Trainer:
                            f"{self.state.elapsed_s:.0f} s")
                     if bar is not None:
                         bar.write(msg)
-                    else:
+                    elif D.is_main():
                         print(msg, flush=True)
                 if evaluated or (cfg.save_every and self.state.step % cfg.save_every == 0):
                     self.save_checkpoint()
@@ -311,6 +400,9 @@ class Trainer:
             "best": {"step": self.state.best_step, "score": self.state.best_score, **self.state.best_metrics},
             "final": final,
             "history": self.state.history,
+            "world_size": self.world,
         }
-        atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
+        if D.is_main():
+            atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
+        D.barrier()  # what rank 0 wrote is there before any process reads it
         return results
