@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "profile": ("binlab.methods.profile", "time one distillation step part by part, before and after the speed-ups"),
     "book": ("binlab.book", "execute every notebook headless and write HTML"),
     "train": ("binlab.methods.finetune", "fine-tune a (binarized) BERT on a GLUE task, or run a recipe"),
+    "entropy": ("binlab.analysis.entropy", "entropy of a model's binarized attention maps on GLUE dev sentences"),
 }
 DEBUG_ENV = "BINLAB_DEBUG"
 

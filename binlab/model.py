@@ -25,6 +25,8 @@ to 1e-5. The binarization points are written out in the forward passes below, ma
   ``"softmax"``   probs = softmax(QK^T/sqrt(d) + mask), then probs quantized (unsigned) when act_bits < 32 (BinaryBERT);
   ``"softmax01"`` the same code path; with BiT's elastic activations the unsigned quantizer maps probs -> {0, alpha};
   ``"bool"``      no softmax: A = bool(QK^T/sqrt(d) + mask) in {0, 1}, ctx = A @ V, with Q, K, V = sign(.) (BiBERT).
+                  bool(0) = 0 and dropout on the scores before bool() (the code); ``quant.bool_zero = 1``: bool(0) = 1
+                  (the paper), dropout on the map after bool() (see BertSelfAttention).
 
   ``config.quant.quantize_attention = False`` leaves Q, K, V and the probabilities full precision.
 
@@ -191,14 +193,28 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head attention up to the context vectors (the output projection is BertAttentionOutput)."""
+    """Multi-head attention up to the context vectors (the output projection is BertAttentionOutput).
+
+    BiBERT's Bi-Attention (``quant.attention == "bool"``, methods.md §3.3) replaces softmax(scores) by a {0, 1} map::
+
+        scores = sign(Q) sign(K)^T / sqrt(d) + mask       an integer times 1/sqrt(d): exact zeros are common
+        A      = bool(scores),  ctx = A @ sign(V)         no softmax, no 1/k normalisation
+
+    ``quant.bool_zero`` says what a score of exactly 0 becomes, and so where the attention dropout goes:
+
+        bool_zero = 0   bool(x) = 1{x > 0}    A = bool(dropout(scores))   BiBERT's code (its published numbers)
+        bool_zero = 1   bool(x) = 1{x >= 0}   A = dropout(bool(scores))   the paper's bool; dropout before it
+                                                                          would turn dropped scores into 1s
+
+    In both a dropped entry of A is 0. The straight-through gradient of bool is 1{|x| <= 1} (:func:`ste_bool`).
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
         q = config.quant
         D, A = config.hidden_size, config.attention_size  # A = D unless heads were pruned
         self.num_heads, self.head_size = config.num_attention_heads, config.head_size
-        self.mode = q.attention
+        self.mode, self.bool_zero = q.attention, q.bool_zero
         self.query = QuantLinear(D, A, config=q)  # [Q] weight and input quantized inside
         self.key = QuantLinear(D, A, config=q)
         self.value = QuantLinear(D, A, config=q)
@@ -228,8 +244,10 @@ class BertSelfAttention(nn.Module):
         q, k, v = (self.split_heads(quant(x)) for quant, x in ((self.query_quant, q), (self.key_quant, k),
                                                                 (self.value_quant, v)))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + mask  # (B, H, L, L)
-        if self.mode == "bool":  # BiBERT: no softmax; keep the positive scores as 1, the rest as 0
+        if self.mode == "bool" and not self.bool_zero:  # BiBERT: no softmax; the positive scores -> 1, the rest -> 0
             probs = ste_bool(self.dropout(scores))  # [Q] 1{x > 0}; dropout on the scores, as in BiBERT's code
+        elif self.mode == "bool":  # the paper's 1{x >= 0}: a dropped score (0) would become 1, so drop after bool
+            probs = self.dropout(ste_bool(scores, zero_to_one=True))  # [Q]
         else:  # "softmax" (BinaryBERT) and "softmax01" (BiT): quantize the probabilities themselves
             probs = self.dropout(F.softmax(scores, dim=-1))
             probs = self.probs_quant(probs)  # [Q] unsigned: uniform/LSQ levels, or {0, alpha} for BiT

@@ -201,13 +201,64 @@ def test_bibert_loss_is_dmd_plus_soft_ce_plus_half_hard_ce():
         bibert_loss(s, t)
 
 
+def test_masked_dmd_ignores_what_padded_positions_hold():
+    """--dmd-mask-padding: other token ids at the padded positions (and garbage in the padded rows of Q, K, V
+    and H) leave the masked loss as it is; the code's unmasked loss moves. Real tokens never see the padding."""
+    teacher, student = tiny().eval(), tiny("bibert", seed=1).eval()
+    b = make_batch()
+    pad = b["attention_mask"] == 0
+    assert pad.any()
+    other = b["input_ids"].clone()
+    other[pad] = torch.randint(1, 50, (int(pad.sum()),), generator=torch.Generator().manual_seed(9))
+    kw = dict(attention_mask=b["attention_mask"], output_hidden_states=True, output_qkv=True)
+    with torch.no_grad():
+        t, s = teacher(b["input_ids"], **kw), student(b["input_ids"], **kw)
+        t2, s2 = teacher(other, **kw), student(other, **kw)
+    assert not torch.allclose(s.hidden_states[-1], s2.hidden_states[-1])  # the padded positions did change
+    masked = lambda s, t: float(bibert_loss(s, t, b["labels"], attention_mask=b["attention_mask"]))  # noqa: E731
+    assert masked(s2, t2) == pytest.approx(masked(s, t), rel=1e-6)
+    assert float(bibert_loss(s2, t2, b["labels"])) != pytest.approx(float(bibert_loss(s, t, b["labels"])), rel=1e-3)
+    # the same on the tensors: garbage in the student's padded rows
+    g = torch.Generator().manual_seed(10)
+    noisy = lambda x: torch.where(pad[:, None, :, None] if x.dim() == 4 else pad[:, :, None],  # noqa: E731
+                                  100 * torch.randn(x.shape, generator=g), x)
+    qkv = [tuple(map(noisy, layer)) for layer in s.qkv]
+    hidden = [noisy(h) for h in s.hidden_states]
+    m = b["attention_mask"]
+    assert float(direction_matching_loss(qkv, t.qkv, hidden, t.hidden_states, m)) == pytest.approx(
+        float(direction_matching_loss(s.qkv, t.qkv, s.hidden_states, t.hidden_states, m)), rel=1e-6)
+    assert float(direction_matching_loss(qkv, t.qkv, hidden, t.hidden_states)) > \
+        float(direction_matching_loss(s.qkv, t.qkv, s.hidden_states, t.hidden_states)) + 0.1
+    # with no padding the two variants agree
+    full = torch.ones_like(m)
+    assert float(direction_matching_loss(s.qkv, t.qkv, s.hidden_states, t.hidden_states, full)) == pytest.approx(
+        float(direction_matching_loss(s.qkv, t.qkv, s.hidden_states, t.hidden_states)), rel=1e-6)
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        direction_matching_loss(s.qkv, t.qkv, s.hidden_states, t.hidden_states, m[:, :3])
+
+
+def test_masked_dmd_kind_reads_the_batch_mask():
+    teacher, student = tiny(), tiny("bibert", seed=1).eval()
+    b = make_batch()
+    masked, plain = make_kd_loss("bibert_masked", teacher), make_kd_loss("bibert", teacher)
+    kw = dict(attention_mask=b["attention_mask"], output_hidden_states=True, output_qkv=True)
+    with torch.no_grad():
+        t, s = teacher.eval()(b["input_ids"], **kw), student(b["input_ids"], **kw)
+        expected = float(bibert_loss(s, t, b["labels"], attention_mask=b["attention_mask"]))
+        assert float(masked(student, b)) == pytest.approx(expected, rel=1e-6)
+        assert float(plain(student, b)) != pytest.approx(expected, rel=1e-4)
+        with pytest.raises(ValueError, match="no attention_mask"):
+            masked(student, {k: v for k, v in b.items() if k != "attention_mask"})
+
+
 # ----------------------------------------------------------------------------------------------------------
 # make_kd_loss
 
 
 @pytest.mark.parametrize("kind", sorted(KD_KINDS))
 def test_kd_loss_trains_the_student_only(kind):
-    teacher, student = tiny(), tiny("w1a8" if kind != "bibert" else "bibert", seed=1)
+    bibert = kind.startswith("bibert")
+    teacher, student = tiny(), tiny("bibert" if bibert else "w1a8", seed=1)
     loss_fn = make_kd_loss(kind, teacher)
     loss = loss_fn(student, make_batch())
     assert loss.dim() == 0 and bool(torch.isfinite(loss)) and loss.item() > 0
@@ -215,7 +266,7 @@ def test_kd_loss_trains_the_student_only(kind):
     assert all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
     # the authors' teacher modes: dropout on for BinaryBERT and BiT, off for BiBERT
-    assert teacher.training is (kind != "bibert") and loss_fn.teacher_mode == KD_KINDS[kind][1]
+    assert teacher.training is (not bibert) and loss_fn.teacher_mode == KD_KINDS[kind][1]
 
 
 def test_teacher_mode_is_an_option_and_changes_the_targets():

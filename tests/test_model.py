@@ -159,6 +159,59 @@ def test_bool_attention_is_binary_and_has_no_softmax():
     assert attention.probs_quant is None
 
 
+def bool_zero(z: int) -> QuantConfig:
+    return QuantConfig(**{**QuantConfig.preset("bibert").to_dict(), "bool_zero": z})
+
+
+def test_bool_zero_decides_what_an_exact_zero_score_becomes():
+    """bool_zero=0 (the code): a score of exactly 0 -> 0; bool_zero=1 (the paper): -> 1. Same weights otherwise."""
+    torch.manual_seed(7)
+    code = BertModel(tiny_config(bool_zero(0))).eval()
+    paper = BertModel(tiny_config(bool_zero(1))).eval()
+    paper.load_state_dict(code.state_dict())
+    ids, mask, types = batch()
+    h = code.embeddings(ids, types)
+    add = (1 - mask[:, None, None, :].float()) * -10000.0
+    ctx0, scores, (q, k, v) = code.encoder.layer[0].attention(h, add)
+    ctx1, scores1, _ = paper.encoder.layer[0].attention(h, add)
+    torch.testing.assert_close(scores, scores1, rtol=0, atol=0)
+    real = mask[:, None, None, :].expand_as(scores).bool()
+    assert (scores[real] == 0).float().mean() > 0.1  # +-1 dot products over d = 8: exact zeros are common
+    by_hand = lambda a: (a.float() @ pm1(v)).transpose(1, 2).reshape(3, 7, 32)  # noqa: E731
+    torch.testing.assert_close(ctx0, by_hand(scores > 0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ctx1, by_hand(scores >= 0), rtol=0, atol=1e-5)
+    assert not torch.allclose(ctx0, ctx1)
+
+
+@pytest.mark.parametrize("zero", [0, 1])
+def test_bool_attention_dropout_never_attends_to_padding(zero):
+    """Q = K = 0 and V = +1: every real score is sqrt(d) > 0, so ctx counts the kept real keys of each row.
+
+    bool_zero=0 drops scores before bool (a dropped score is 0 -> 0): ctx is an integer <= the real keys.
+    bool_zero=1 drops entries of the map after bool (kept ones scaled by 1/(1-p)): ctx (1-p) is such an integer.
+    Dropout before a bool with bool(0) = 1 would count dropped real AND padded keys as ones instead."""
+    torch.manual_seed(8)
+    cfg = tiny_config(bool_zero(zero), attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0)
+    attention = BertModel(cfg).encoder.layer[0].attention.train()
+    with torch.no_grad():
+        for lin in (attention.query, attention.key, attention.value):
+            lin.weight.zero_()
+        attention.query.bias.zero_()
+        attention.key.bias.zero_()
+        attention.value.bias.fill_(1.0)
+    B, L = 64, 10
+    mask = torch.ones(B, L)
+    mask[:, 3:] = 0  # 3 real keys, 7 padded ones in every row
+    add = (1 - mask[:, None, None, :]) * -10000.0
+    ctx, scores, _ = attention(torch.randn(B, L, 32), add)
+    counts = ctx * (0.5 if zero else 1.0)  # kept real keys per query row and channel
+    assert torch.equal(counts, counts.round()) and counts.min() >= 0 and counts.max() <= 3
+    assert counts.min() < 3  # dropout did act
+    attention.eval()
+    ctx, _, _ = attention(torch.randn(B, L, 32), add)
+    assert torch.equal(ctx, torch.full_like(ctx, 3.0))  # no dropout: all 3 real keys, never a padded one
+
+
 def test_attention_quantization_can_be_switched_off():
     torch.manual_seed(5)
     on = tiny_config("w1a8")

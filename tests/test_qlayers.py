@@ -62,6 +62,10 @@ def test_json_round_trip(name):
 
 def test_from_dict_fills_defaults_and_rejects_unknown_keys():
     assert QuantConfig.from_dict({"act_bits": 8}) == QuantConfig(act_bits=8)
+    old = {k: v for k, v in QuantConfig.preset("bibert").to_dict().items() if k != "bool_zero"}  # an older checkpoint
+    assert QuantConfig.from_dict(old).bool_zero == 0  # the code's bool(0) = 0
+    paper = dataclasses.replace(QuantConfig.preset("bibert"), bool_zero=1)
+    assert QuantConfig.from_json(paper.to_json()) == paper != QuantConfig.preset("bibert")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['input_bits'\]"):
         QuantConfig.from_dict({"input_bits": 8})
     with pytest.raises(ValueError, match="expects a dict"):
@@ -85,6 +89,9 @@ def test_from_dict_fills_defaults_and_rejects_unknown_keys():
     (dict(ffn_act="swish"), "ffn_act must be one of"),
     (dict(weight_per_row="yes"), "weight_per_row must be True or False"),
     (dict(quantize_attention=1), "quantize_attention must be True or False"),
+    (dict(attention="bool", bool_zero=2), "bool_zero must be one of"),
+    (dict(attention="bool", bool_zero=True), "bool_zero must be one of"),
+    (dict(bool_zero=1), "bool_zero=1 is a choice of attention='bool'"),
 ])
 def test_invalid_configs_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -8,5 +8,6 @@
     binlab.methods.distill       the distillation losses of BinaryBERT, BiBERT and BiT
     binlab.methods.binarybert    BinaryBERT: teacher -> ternary -> split -> binary
     binlab.methods.bit           BiT: teacher -> W1A2 -> W1A1, elastic activations, one joint KD stage per hop
+    binlab.methods.bibert        BiBERT: teacher -> W1A1 with Bi-Attention, direction-matching distillation
     binlab.methods.finetune      plain fine-tuning, the ``binlab train`` command line and the RECIPES table
 """

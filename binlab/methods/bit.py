@@ -137,7 +137,8 @@ def run_bit(cfg: BitConfig, resume: bool = False, command: str | None = None) ->
     print(f"data: {run.train.describe()}\n      {run.dev.describe()}", flush=True)
 
     teacher: nn.Module = frozen(teacher_stage(run))
-    source, source_name = run.teacher_dir, "the FP teacher"
+    label = teacher.config.quant.label  # a chain may start from a quantized teacher (hop 2 alone: --chain 1)
+    source, source_name = run.teacher_dir, "the FP teacher" if label == "W32E32A32" else f"the {label} teacher"
     calib = calibration_batch(run.train, run.encode, cfg.train.max_length, cfg.calibration_examples)
     for name, bits in zip(hop_names(cfg.chain), cfg.chain):
         quant = hop_quant(bits, cfg.qkv_threshold, cfg.alpha_init, cfg.ffn_act)
@@ -179,7 +180,6 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("--recipe bit (elastic binarization, multi-step distillation)")
     g.add_argument("--chain", default="2,1", help="activation bits of the hops, ending at 1: 2,1 (default: "
                    "FP -> W1A2 -> W1A1), 1 (BiT*: FP -> W1A1), 4,2,1")
-    g.add_argument("--kd-lr", type=float, default=1e-4, help="learning rate of every hop (default: 1e-4)")
     g.add_argument("--no-qkv-threshold", action="store_true",
                    help="no learned thresholds on Q, K, V (BiT's code; default: the paper's thresholds)")
     g.add_argument("--alpha-init", default="code", choices=ALPHA_INITS,

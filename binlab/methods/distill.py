@@ -14,6 +14,7 @@ precision projections (B, H, L, d). Subscripts s (student) and t (teacher). Form
                              + sum_{l=0..N} D(H_s^l, H_t^l),
                       D(S, T) = || S / ||S||_F - T / ||T||_F ||_F,
                       L_pred = SCE(z_s, z_t) + 0.5 CE(z_s, y)  (regression: MSE(z_s, z_t))
+    BiBERT, masked    the same with the padded tokens zeroed in F and H first (binlab's variant, ``bibert_masked``)
 
 **Regression (STS-B, one logit).** The soft CE of a single logit is identically 0 (log_softmax of one number is
 0), so BinaryBERT's stage 2 and BiT give STS-B no logit signal at all (methods.md §1, §5). binlab uses MSE on
@@ -40,6 +41,7 @@ __all__ = [
     "relative_hidden_distance", "binarybert_stage1_loss", "binarybert_stage2_loss", "bit_loss",
     "bit_normalized_loss", "bibert_loss",
     "KDKind", "KD_KINDS", "make_kd_loss", "MASKED_SCORE", "REGRESSION_LOSSES", "TEACHER_MODES",
+    "drop_padding",
 ]
 
 #: Scores at or below this are masked positions, which BinaryBERT's code zeroes: the mask adds MASK_VALUE
@@ -135,22 +137,43 @@ def direction_distance(s: Tensor, t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(s / torch.linalg.vector_norm(s) - t / torch.linalg.vector_norm(t))
 
 
-def direction_matching_loss(student_qkv, teacher_qkv, student_hidden, teacher_hidden) -> Tensor:
+def drop_padding(x: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """``x`` with the padded tokens' vectors set to 0: (B, L, D) hidden states or (B, H, L, d) projections, the
+    token axis second to last; ``attention_mask`` (B, L), 1 = real token. None returns ``x`` unchanged.
+
+    Zeroing the padded rows of F zeroes their rows and columns of F F^T, so a similarity matrix then holds only
+    pairs of real tokens."""
+    if attention_mask is None:
+        return x
+    B, L = x.shape[0], x.shape[-2]
+    if tuple(attention_mask.shape) != (B, L):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, but the tensor it masks has "
+                         f"{B} examples of {L} tokens (shape {tuple(x.shape)})")
+    keep = attention_mask.to(x.dtype)
+    return x * (keep[:, None, :, None] if x.dim() == 4 else keep[:, :, None])
+
+
+def direction_matching_loss(student_qkv, teacher_qkv, student_hidden, teacher_hidden,
+                            attention_mask: Tensor | None = None) -> Tensor:
     """BiBERT's DMD: sum_l sum_{F in Q,K,V} D(sim(F_s^l), sim(F_t^l)) + sum_{l=0..N} D(H_s^l, H_t^l).
 
-    ``*_qkv``: per layer the FP (Q, K, V), as the model returns with ``output_qkv=True``. Padded tokens are
-    not masked (as in the code).
+    ``*_qkv``: per layer the FP (Q, K, V), as the model returns with ``output_qkv=True``.
+    ``attention_mask`` (B, L), 1 = real token: None compares every position, padding included (BiBERT's code);
+    given, the padded tokens are zeroed in Q, K, V and in the hidden states first (:func:`drop_padding`), so
+    nothing a padded position holds reaches the loss or its norms (binlab's variant, ``--dmd-mask-padding``).
     """
     if student_qkv is None or teacher_qkv is None:
         raise ValueError("qkv: the model outputs have no qkv; call the model with output_qkv=True")
     _check_pairs("qkv", [torch.stack(x) for x in student_qkv], [torch.stack(x) for x in teacher_qkv])
+    m = attention_mask
     loss = 0.0
     for fs_layer, ft_layer in zip(student_qkv, teacher_qkv):
         for f_s, f_t in zip(fs_layer, ft_layer):  # Q, K, V
-            loss = loss + direction_distance(similarity_matrix(f_s), similarity_matrix(f_t))
+            loss = loss + direction_distance(similarity_matrix(drop_padding(f_s, m)),
+                                             similarity_matrix(drop_padding(f_t, m)))
     _check_pairs("hidden_states", student_hidden, teacher_hidden)
     for h_s, h_t in zip(student_hidden, teacher_hidden):
-        loss = loss + direction_distance(h_s, h_t)
+        loss = loss + direction_distance(drop_padding(h_s, m), drop_padding(h_t, m))
     return loss
 
 
@@ -186,9 +209,13 @@ def bit_normalized_loss(student, teacher, regression: bool = False, regression_l
 
 
 def bibert_loss(student, teacher, labels: Tensor | None = None, regression: bool = False,
-                temperature: float = 1.0) -> Tensor:
-    """BiBERT: L_pred + DMD, L_pred = SCE(z_s, z_t) + 0.5 CE(z_s, y) (classification) or MSE(z_s, z_t)."""
-    dmd = direction_matching_loss(student.qkv, teacher.qkv, student.hidden_states, teacher.hidden_states)
+                temperature: float = 1.0, attention_mask: Tensor | None = None) -> Tensor:
+    """BiBERT: L_pred + DMD, L_pred = SCE(z_s, z_t) + 0.5 CE(z_s, y) (classification) or MSE(z_s, z_t).
+
+    ``attention_mask``: None (the code) or the batch's mask, for DMD without the padded tokens
+    (:func:`direction_matching_loss`)."""
+    dmd = direction_matching_loss(student.qkv, teacher.qkv, student.hidden_states, teacher.hidden_states,
+                                  attention_mask)
     if regression:
         return F.mse_loss(student.logits, teacher.logits) + dmd
     if labels is None:
@@ -222,7 +249,16 @@ KD_KINDS = {
                              lambda s, t, batch, reg, reg_loss, T: bit_normalized_loss(s, t, reg, reg_loss, T)),
     "bibert": KDKind(dict(output_hidden_states=True, output_qkv=True), "eval",
                      lambda s, t, batch, reg, reg_loss, T: bibert_loss(s, t, batch.get("labels"), reg, T)),
+    "bibert_masked": KDKind(dict(output_hidden_states=True, output_qkv=True), "eval",
+                            lambda s, t, batch, reg, reg_loss, T: bibert_loss(s, t, batch.get("labels"), reg, T,
+                                                                              _padding_mask(batch))),
 }
+
+
+def _padding_mask(batch: dict) -> Tensor:
+    if batch.get("attention_mask") is None:
+        raise ValueError("bibert_masked: the batch has no attention_mask, so there is no padding to leave out")
+    return batch["attention_mask"]
 
 
 def make_kd_loss(kind: str, teacher: nn.Module, num_labels: int | None = None, teacher_mode: str | None = None,
@@ -230,7 +266,8 @@ def make_kd_loss(kind: str, teacher: nn.Module, num_labels: int | None = None, t
     """A ``loss_fn(model, batch) -> loss`` for :class:`binlab.train.trainer.Trainer` that distils ``teacher``.
 
     Args:
-        kind: ``"binarybert_stage1"``, ``"binarybert_stage2"``, ``"bit"`` or ``"bibert"`` (:data:`KD_KINDS`).
+        kind: ``"binarybert_stage1"``, ``"binarybert_stage2"``, ``"bit"``, ``"bit_normalized"``, ``"bibert"``
+            or ``"bibert_masked"`` (DMD without the padded tokens) (:data:`KD_KINDS`).
         teacher: a model returning binlab ``ModelOutput``s; it runs under ``torch.no_grad()`` and is not trained.
         num_labels: 1 means regression; default ``teacher.config.num_labels``.
         teacher_mode: ``"train"`` (dropout on while producing targets: BinaryBERT's and BiT's code) or

@@ -23,11 +23,12 @@ import torch
 from binlab.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from binlab.data.glue import get_task, load_glue
 from binlab.files import load_tensors
-from binlab.methods import binarybert, bit
+from binlab.methods import bibert, binarybert, bit
 from binlab.methods.pipeline import Recipe, add_train_arguments, command_line, train_config_from_args
 from binlab.model import tiny_bert
 from binlab.quant.config import PRESETS, QuantConfig
 from binlab.tokenizer import load_tokenizer
+from binlab.train import distributed
 from binlab.train.evaluation import make_evaluator
 from binlab.train.trainer import Trainer
 
@@ -67,7 +68,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     results = trainer.fit(resume=args.resume)
     # the best-dev weights as a self-contained Hugging Face directory (the teacher of later chapters)
     best = trainer.out / "best_model.safetensors"
-    if best.is_file():
+    if best.is_file() and distributed.is_main():
         model.load_state_dict(load_tensors(best))
         save_pretrained(model, trainer.out / "best_model", tokenizer=tokenizer)
     b, f = results["best"], results["final"]
@@ -85,6 +86,7 @@ RECIPES: dict[str, Recipe] = {
     "finetune": FINETUNE,
     "binarybert": binarybert.RECIPE,
     "bit": bit.RECIPE,
+    "bibert": bibert.RECIPE,
 }
 
 
@@ -98,6 +100,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``binlab train``: in one process, or in each of torchrun's (README, "Bigger runs";
+    :mod:`binlab.train.distributed`), where rank 0 alone prints and writes."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return RECIPES[args.recipe].run_from_args(args)
+    started = distributed.init_from_env()
+    try:
+        with distributed.main_prints_only():
+            return RECIPES[args.recipe].run_from_args(args)
+    finally:
+        if started:
+            distributed.shutdown()

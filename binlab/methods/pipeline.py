@@ -34,6 +34,7 @@ from binlab.methods.distill import REGRESSION_LOSSES, TEACHER_MODES
 from binlab.model import tiny_bert
 from binlab.quant.config import FFN_ACTS
 from binlab.tokenizer import load_tokenizer
+from binlab.train import distributed
 from binlab.train.evaluation import make_evaluator, predict
 from binlab.train.optim import OPTIMIZERS
 from binlab.train.trainer import TrainConfig, Trainer
@@ -142,7 +143,9 @@ class Run:
         results = trainer.fit(resume=self.resume)
         model.load_state_dict(load_tensors(folder / "best_model.safetensors"))  # the best dev checkpoint
         model.eval()
-        save_pretrained(model, folder / "best_model", tokenizer=self.tokenizer)
+        if distributed.is_main():
+            save_pretrained(model, folder / "best_model", tokenizer=self.tokenizer)
+        distributed.barrier()  # the next stage loads it in every process
         return results
 
     def add_row(self, stage: str, results: dict, model: nn.Module | None, **extra) -> None:
@@ -164,8 +167,9 @@ class Run:
                    "data_source": self.train.source, "synthetic": self.train.synthetic,
                    "n_train": len(self.train), "n_dev": len(self.dev), "command": self.command,
                    "stages": self.rows}
-        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
-        atomic_write_text(self.out / "summary.md", self.markdown(summary) + "\n")
+        if distributed.is_main():
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+            atomic_write_text(self.out / "summary.md", self.markdown(summary) + "\n")
         return summary
 
 
@@ -194,7 +198,8 @@ def check_settings(out: Path, cfg: RecipeConfig, resume: bool) -> None:
                              f"{ {k: old.get(k) for k in diff} } vs { {k: new.get(k) for k in diff} }); resume with "
                              "the same settings or use a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(cfg.settings(), indent=1))
+    if distributed.is_main():
+        atomic_write_text(path, json.dumps(cfg.settings(), indent=1))
 
 
 def _default_settings(cfg: RecipeConfig) -> dict:
@@ -226,7 +231,8 @@ def teacher_stage(run: Run) -> nn.Module:
                    "quant": teacher.config.quant.label, "steps": 0, "best": {"score": score, **metrics},
                    "final": {"score": score, **metrics}, "wall_time_s": round(time.perf_counter() - t0, 1)}
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "results.json", json.dumps(results, indent=1))
+        if distributed.is_main():
+            atomic_write_text(folder / "results.json", json.dumps(results, indent=1))
         run.add_row("teacher", results, teacher)
         return teacher
 
@@ -242,7 +248,9 @@ def teacher_stage(run: Run) -> nn.Module:
     results = run.train_stage("teacher", teacher, None, cfg.train.lr, cfg.train.epochs, info)
     run.teacher_dir = folder / "best_model"
     if not (run.teacher_dir / "config.json").is_file():  # resumed from an older layout: write it now
-        save_pretrained(teacher, run.teacher_dir, tokenizer=run.tokenizer)
+        if distributed.is_main():
+            save_pretrained(teacher, run.teacher_dir, tokenizer=run.tokenizer)
+        distributed.barrier()
     run.add_row("teacher", {**results, **info}, teacher)
     return teacher
 
@@ -303,6 +311,8 @@ TRAIN_FLAGS = {
     "max_steps": "stop every stage after N steps (0: no cap)",
     "seed": "random seed (data order, initialisation, dropout)",
     "group_by_length": "batches of similar length (less padding, faster steps; another data order)",
+    "dropout": "both dropout probabilities of every model trained (0: none, for equality checks; unset: the "
+               "model's own)",
 }
 
 
@@ -326,7 +336,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         if f.name in TRAIN_FLAGS:
             default = getattr(defaults, f.name)
             kw = (dict(choices=list(OPTIMIZERS)) if f.name == "optimizer" else
-                  dict(action="store_true") if isinstance(default, bool) else dict(type=type(default)))
+                  dict(action="store_true") if isinstance(default, bool) else
+                  dict(type=float) if default is None else dict(type=type(default)))
             p.add_argument("--" + f.name.replace("_", "-"), default=default, help=f"{TRAIN_FLAGS[f.name]} "
                            f"(default: {default})", **kw)
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
@@ -335,6 +346,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("distillation (the recipes that distil a student from a teacher)")
     g.add_argument("--kd-epochs", type=float, default=2.0, help="epochs of each distillation stage (default: 2)")
+    g.add_argument("--kd-lr", type=float, default=1e-4, help="learning rate of each distillation stage of bit and "
+                   "bibert (binarybert has --ternary-lr / --binary-lr) (default: 1e-4)")
     g.add_argument("--regression-loss", default="mse", choices=REGRESSION_LOSSES,
                    help="the logit loss on one logit (STS-B): mse, or the authors' soft_ce (identically 0)")
     g.add_argument("--teacher-mode", default=None, choices=TEACHER_MODES,

@@ -11,6 +11,9 @@ activation quantizers of each layer. Presets reproduce the three papers' setting
     w1a2       BiT (BiT/row)              2-bit elastic               softmax01   relu   BiT's W1A2 (multi-distillation)
     w1a1, bit  BiT (BiT/row)              1-bit elastic               softmax01   relu   BiT 1-1-1
     bibert     BiBERT, per row (BiBERT)   sign, no scale              bool        gelu   BiBERT 1-1-1
+
+``bibert`` maps an attention score of exactly 0 to 0 and applies the attention dropout to the scores before bool(),
+as BiBERT's code does (it produced the published numbers); ``bool_zero=1`` is the paper's bool(0) = 1.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ ACT_METHODS = ("uniform", "lsq", "sign", "elastic")
 ATTENTION_MODES = ("softmax", "softmax01", "bool")
 FFN_ACTS = ("gelu", "relu")
 ALPHA_INITS = ("code", "optimal")
+BOOL_ZEROS = (0, 1)
 
 
 def _is_int(v) -> bool:
@@ -57,6 +61,13 @@ class QuantConfig:
         alpha_init: how an ``"elastic"`` alpha starts: ``"code"`` (BiT's code: 2 mean|x|, or 4 mean|x| for the
             {0, alpha} set) or ``"optimal"`` (the paper's alpha*: mean|x| for sign; for {0, alpha} the fixed point
             alpha = mean of the x >= alpha / 2). Multi-bit elastic quantizers start the code's way either way.
+        bool_zero: what ``"bool"`` attention makes of a score of exactly 0 (only with ``attention="bool"``). Scores
+            sign(Q) sign(K)^T / sqrt(d) are an integer times 1/sqrt(d), so exact zeros are common (~10% at d = 64).
+            ``0`` (default, BiBERT's code): bool(x) = 1{x > 0}, with the attention dropout on the scores before
+            bool(), as in the code: a dropped score becomes 0, hence a 0 in the map. ``1`` (the paper's
+            bool(x) = 1{x >= 0}): a dropped score would become a 1 (a dropped padded key too), so the dropout
+            acts on the {0, 1} map after bool() instead (kept entries scaled by 1 / (1 - p), which the next
+            layer's sign ignores). See :class:`binlab.model.BertSelfAttention` and methods.md §5 (d).
 
     Invalid values raise ``ValueError`` naming the field. ``dataclasses.replace(cfg, act_bits=4)`` validates
     again. :meth:`to_dict` / :meth:`from_dict` (and the JSON forms) round-trip.
@@ -73,6 +84,7 @@ class QuantConfig:
     quantize_attention: bool = True
     qkv_threshold: bool = False
     alpha_init: str = "code"
+    bool_zero: int = 0
 
     def __post_init__(self):
         for f in ("weight_bits", "embedding_bits"):
@@ -102,6 +114,12 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.ffn_act must be one of {FFN_ACTS}, got {self.ffn_act!r}")
         if self.alpha_init not in ALPHA_INITS:
             raise ValueError(f"QuantConfig.alpha_init must be one of {ALPHA_INITS}, got {self.alpha_init!r}")
+        if not _is_int(self.bool_zero) or self.bool_zero not in BOOL_ZEROS:
+            raise ValueError(f"QuantConfig.bool_zero must be one of {BOOL_ZEROS} (bool(0) of the 'bool' attention), "
+                             f"got {self.bool_zero!r}")
+        if self.bool_zero and self.attention != "bool":
+            raise ValueError(f"QuantConfig.bool_zero={self.bool_zero} is a choice of attention='bool' (BiBERT), "
+                             f"but attention={self.attention!r}")
         for f in ("weight_per_row", "quantize_attention", "qkv_threshold"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"QuantConfig.{f} must be True or False, got {getattr(self, f)!r}")
