@@ -157,7 +157,7 @@ def test_split_error_rows_match_the_prediction(small_bert):
         assert r["printed a"] > 100 * r["code a"] + 1e-9, r
     fig = E.split_error_figure(rows)
     assert_titled(fig)
-    assert list(fig.data[1].x) == [r["tensor type"] for r in rows]
+    assert list(fig.data[1].x) == [r["tensor type"].replace(" (", "<br>(") for r in rows]  # long label: 2 lines
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -408,7 +408,8 @@ def test_landscape_figure_has_three_labelled_surfaces():
         assert s.zaxis.title.text == "training loss"
         np.testing.assert_allclose(np.array(fig.data[k].z), list(grids.values())[k].losses.T)
     titles = [a.text for a in fig.layout.annotations]
-    assert [t.split(" (")[0] for t in titles] == list(grids)
+    assert [t.split("<br>")[0] for t in titles] == list(grids)     # the label, then the centre loss below it
+    assert all("(centre loss " in t for t in titles)
 
 
 def test_eigenvalue_figure():
