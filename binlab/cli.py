@@ -23,6 +23,8 @@ SUBCOMMANDS = {
     "book": ("binlab.book", "execute every notebook headless and write HTML"),
     "train": ("binlab.methods.finetune", "fine-tune a (binarized) BERT on a GLUE task, or run a recipe"),
     "entropy": ("binlab.analysis.entropy", "entropy of a model's binarized attention maps on GLUE dev sentences"),
+    "export": ("binlab.infer.export", "pack a trained W1A1 checkpoint into real bits (uint64 signs + scales)"),
+    "predict": ("binlab.infer.predict", "classify a sentence (or pair) with a packed model, run bitwise"),
 }
 DEBUG_ENV = "BINLAB_DEBUG"
 

@@ -1,0 +1,299 @@
+"""The bitwise forward pass of a packed W1A1 BERT: every binarized product an XNOR- or AND-popcount.
+
+:class:`PackedBert` runs a model read by :func:`binlab.infer.packed.load_packed`. No binarized matrix is ever
+unpacked to float: the weights stay packed uint64 words (blocked once, at load), and every activation that meets
+them is binarized and packed on the way (:mod:`binlab.infer.fused`). Per encoder layer, with ``P`` an integer
+popcount product and ``a`` the value of one bit (alpha, or 1 for BiBERT's sign)::
+
+    Q, K, V      P = bits(h) . bits(W_q/k/v)           XNOR     y = a_in alpha_W P + b, then the bits of Q, K, V
+    scores       P = bits(Q) . bits(K)                 XNOR     BiT:    s = a_q a_k P / sqrt(d) + mask
+                                                                BiBERT: A = 1{P > 0} on real keys (no softmax)
+    probs        BiT: p = softmax(s), bits 1{p / alpha_p > 1/2}                ({0, alpha_p})
+    context      P = bits(p or A) . bits(V) over keys  AND      ctx = a_p a_v P
+    attn output  P = bits(ctx) . bits(W_o)             XNOR     LayerNorm(a alpha P + b + h)
+    FFN1         P = bits(h') . bits(W_1)              XNOR     ReLU -> {0, alpha} bits (BiT), or GELU -> signs
+    FFN2         P = bits(.) . bits(W_2)               AND for BiT's {0, alpha}, XNOR for signs;  LayerNorm(... + h')
+    pooler       P = bits(h_CLS) . bits(W_p)           XNOR     tanh(a alpha P + b)
+
+LayerNorm, softmax, GELU, tanh, the residual sums, the embedding sum and the classifier stay float (the
+classifier as an elementwise product and a sum: no float matrix product runs anywhere in the forward pass). Floats
+are ``dtype``: float32, or float64 to compare with a float64 fake-quant model. In float64 the integer products
+equal that model's exactly and only the order of the float operations differs: the logits agree to ~1e-15 when the
+stored scales are exact (tests/test_infer.py), ~1e-7 in general, because the derived weight scales alpha = mean |W|
+(float64 in the fake-quant model) are stored in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from binlab.infer import fused
+from binlab.infer.packed import (Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
+                                 probs_binarizer, qkv_binarizer)
+from binlab.kernels.packing import words_for
+from binlab.kernels.products import PackedWeight, and_bmm, and_gemm, xnor_bmm, xnor_gemm
+from binlab.model import MASK_VALUE
+from binlab.quant.quantizers import ALPHA_MIN
+
+__all__ = ["PackedBert", "load_engine"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass
+class _Act:
+    """A binarizer ready for the fused kernels: kind code, alpha [1] (clamped), threshold [K] (zeros if none)."""
+
+    spec: Binarizer
+    code: int
+    alpha: np.ndarray
+    thr: np.ndarray
+
+    @property
+    def value(self) -> np.ndarray:
+        """The value of one bit: alpha, or 1 for a sign."""
+        return self.alpha if self.spec.has_alpha else np.ones(1, self.alpha.dtype)
+
+
+@dataclass
+class _Linear:
+    """A packed binary linear layer: blocked weight, c = a_in * alpha_W [N], bias [N], input binarizer."""
+
+    weight: PackedWeight
+    k: int
+    n: int
+    c: np.ndarray
+    bias: np.ndarray
+    act: _Act
+
+    def product(self, words: np.ndarray, backend) -> np.ndarray:
+        """The int32 popcount product [R, N] of packed input rows with the weight."""
+        gemm = and_gemm if self.act.spec.product == "and" else xnor_gemm
+        return gemm(words, self.weight, self.k, backend=backend).numpy()
+
+
+def _check_nan(n_nan: int, where: str) -> None:
+    if n_nan:
+        raise ValueError(f"PackedBert: {n_nan} NaN value(s) reached the binarizer of {where}")
+
+
+class PackedBert:
+    """A packed W1A1 BERT classifier, run bitwise (module docstring).
+
+    Args:
+        packed: a :class:`~binlab.infer.packed.PackedModel` (``load_packed(folder)``), or a folder.
+        dtype: the float dtype of everything that stays float: ``torch.float32`` (default) or ``torch.float64``.
+        backend: the kernels' backend (``"simd8"``, ``"simd1"``, ``"scalar"``; None: binlab.kernels' default).
+
+    ``engine(input_ids, attention_mask=None, token_type_ids=None)`` returns the logits ``(B, num_labels)``;
+    ``trace={}`` collects every integer product by name (``layer.0.query``, ``layer.0.scores``, ...).
+    """
+
+    def __init__(self, packed: PackedModel | str | os.PathLike, dtype: torch.dtype = torch.float32,
+                 backend: str | None = None):
+        if not isinstance(packed, PackedModel):
+            packed = load_packed(packed)
+        if dtype not in _DTYPES:
+            raise ValueError(f"PackedBert: dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.packed, self.config, self.dtype, self.backend = packed, packed.config, dtype, backend
+        self._np = np.dtype(np.float32 if dtype == torch.float32 else np.float64)
+        t, c, q = packed.tensors, packed.config, packed.config.quant
+        self.num_heads, self.head_size = c.num_attention_heads, c.head_size
+        self.word_bits = np.ascontiguousarray(t["embeddings.word.bits"])
+        self.word_scale = self._fp("embeddings.word.scale")
+        self.position = self._fp("embeddings.position")
+        self.token_type = self._fp("embeddings.token_type")
+        self.emb_ln = (self._tensor("embeddings.ln.weight"), self._tensor("embeddings.ln.bias"))
+        shapes = linear_shapes(c)
+        self.linears = {name: self._linear(name, k, n, input_binarizer(q, signed))
+                        for name, (k, n, signed) in shapes.items()}
+        self.layers = []
+        A = c.attention_size
+        for i in range(c.num_hidden_layers):
+            p = f"layer.{i}."
+            qkv = [self.linears[p + n] for n in ("query", "key", "value")]
+            acts = [self._act(p + a, qkv_binarizer(q), A) for a in ("q_act", "k_act", "v_act")]
+            probs = probs_binarizer(q)
+            self.layers.append({
+                "prefix": p,
+                "qkv_weight": PackedWeight.from_words(np.stack([lin.weight.words[0] for lin in qkv]), c.hidden_size),
+                "qkv_inputs": [lin.act for lin in qkv],
+                "qkv_c": np.stack([lin.c for lin in qkv]), "qkv_b": np.stack([lin.bias for lin in qkv]),
+                "qkv_acts": acts,
+                "qkv_kinds": np.array([a.code for a in acts], np.int64),
+                "qkv_alphas": np.concatenate([a.alpha for a in acts]),
+                "qkv_thr": np.stack([a.thr for a in acts]),
+                "scores_c": acts[0].value * acts[1].value,
+                "probs": None if probs is None else self._act(p + "probs_act", probs, 1),
+                "attention_ln": (self._tensor(p + "attention_ln.weight"), self._tensor(p + "attention_ln.bias")),
+                "ffn_ln": (self._tensor(p + "ffn_ln.weight"), self._tensor(p + "ffn_ln.bias")),
+            })
+        self.classifier = (self._tensor("classifier.weight"), self._tensor("classifier.bias"))
+
+    # ------------------------------------------------------------------------------------------------------
+    # reading the packed tensors
+
+    def _fp(self, name: str) -> np.ndarray:
+        return np.ascontiguousarray(self.packed.tensors[name], dtype=self._np)
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self._fp(name))
+
+    def _act(self, name: str, spec: Binarizer, k: int) -> _Act:
+        if spec.has_alpha:  # clamped as the quantizer clamps it, in the compute dtype
+            alpha = np.maximum(self._fp(f"{name}.alpha"), self._np.type(ALPHA_MIN))
+        else:
+            alpha = np.ones(1, self._np)
+        thr = self._fp(f"{name}.threshold") if spec.threshold else np.zeros(max(k, 1), self._np)
+        return _Act(spec, fused.KIND_CODES[spec.kind], alpha, thr)
+
+    def _linear(self, name: str, k: int, n: int, spec: Binarizer) -> _Linear:
+        act = self._act(f"{name}.input", spec, k)
+        scale = self._fp(f"{name}.scale")
+        c = np.ascontiguousarray(np.broadcast_to(act.value * scale, (n,)))  # a_in * alpha_W, in the compute dtype
+        weight = PackedWeight.from_words(np.ascontiguousarray(self.packed.tensors[f"{name}.bits"]), k)
+        return _Linear(weight, k, n, c, self._fp(f"{name}.bias"), act)
+
+    # ------------------------------------------------------------------------------------------------------
+    # the forward pass
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids):
+        c = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.numel() == 0:
+            raise ValueError("input_ids must be a non-empty 2-D tensor (batch, seq_len) of token ids, got "
+                             f"{type(input_ids).__name__} {tuple(getattr(input_ids, 'shape', ()))}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        B, L = input_ids.shape
+        if L > c.max_position_embeddings:
+            raise ValueError(f"sequence length {L} exceeds max_position_embeddings={c.max_position_embeddings}")
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= c.vocab_size:
+            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got range "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if tuple(t.shape) != (B, L):
+                raise ValueError(f"{name} must have the shape of input_ids {(B, L)}, got {tuple(t.shape)}")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= c.type_vocab_size:
+            raise ValueError(f"token_type_ids must be in [0, {c.type_vocab_size})")
+        return input_ids.long(), attention_mask, token_type_ids.long()
+
+    def _layer_norm(self, x: np.ndarray, ln) -> np.ndarray:
+        t = F.layer_norm(torch.from_numpy(x), (x.shape[-1],), ln[0], ln[1], self.config.layer_norm_eps)
+        return t.numpy()
+
+    def _binarize(self, x: np.ndarray, act: _Act, where: str) -> np.ndarray:
+        out = np.empty((x.shape[0], words_for(x.shape[1])), np.uint64)
+        _check_nan(fused.binarize_rows(x, act.code, act.alpha, act.thr, out), where)
+        return out
+
+    def _attention(self, layer: dict, h: np.ndarray, B: int, L: int, mask: np.ndarray, valid: np.ndarray,
+                   trace: dict | None) -> np.ndarray:
+        """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)]."""
+        p, H, d = layer["prefix"], self.num_heads, self.head_size
+        x = np.stack([self._binarize(h, a, p + "qkv input") for a in layer["qkv_inputs"]])  # [3, B*L, DW]
+        prod = xnor_bmm(x, layer["qkv_weight"], self.config.hidden_size, backend=self.backend).numpy()
+        dw, lw = words_for(d), words_for(L)
+        qw, kw = np.empty((B, H, L, dw), np.uint64), np.empty((B, H, L, dw), np.uint64)
+        vw = np.empty((B, H, d, lw), np.uint64)
+        _check_nan(fused.qkv_binarize(prod, layer["qkv_c"], layer["qkv_b"], layer["qkv_kinds"], layer["qkv_alphas"],
+                                      layer["qkv_thr"], L, H, d, qw, kw, vw), p + "Q, K, V")
+        scores = xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
+        pw = np.empty((B, H, L, lw), np.uint64)
+        probs = layer["probs"]
+        if probs is None:  # BiBERT: A = bool(scores), no softmax
+            fused.bool_binarize(scores, bool(self.config.quant.bool_zero), valid, pw)
+            ctx_value = layer["qkv_acts"][2].value
+            use_and = True
+        else:
+            sqrt_d = np.array([math.sqrt(d)], self._np)
+            _check_nan(fused.softmax_binarize(scores, layer["scores_c"], sqrt_d, mask, probs.code, probs.alpha, pw),
+                       p + "attention probabilities")
+            ctx_value = probs.value * layer["qkv_acts"][2].value
+            use_and = probs.spec.product == "and"
+        bmm = and_bmm if use_and else xnor_bmm
+        ctx = bmm(pw, vw, L, backend=self.backend).numpy()  # [B, H, L, d]
+        if trace is not None:
+            for j, name in enumerate(("query", "key", "value")):
+                trace[p + name] = torch.from_numpy(prod[j].reshape(B, L, -1))
+            trace[p + "scores"] = torch.from_numpy(scores)
+            trace[p + "context"] = torch.from_numpy(ctx)
+        out_lin = self.linears[p + "attention_output"]
+        words = np.empty((B * L, words_for(H * d)), np.uint64)
+        _check_nan(fused.context_binarize(ctx, np.ascontiguousarray(ctx_value), out_lin.act.code, out_lin.act.alpha,
+                                          out_lin.act.thr, words), p + "attention output input")
+        return words
+
+    def _ffn(self, layer: dict, h: np.ndarray, trace: dict | None) -> np.ndarray:
+        """h [B*L, D] (after the attention's LayerNorm) -> the FFN block's output, LayerNorm included."""
+        p = layer["prefix"]
+        inter, out_lin = self.linears[p + "intermediate"], self.linears[p + "output"]
+        prod = inter.product(self._binarize(h, inter.act, p + "intermediate input"), self.backend)
+        words = np.empty((h.shape[0], words_for(inter.n)), np.uint64)
+        act = out_lin.act
+        if self.config.quant.ffn_act == "relu":  # ReLU and the binarizer in one pass: {0, alpha} (BiT) or signs
+            _check_nan(fused.affine_binarize(prod, inter.c, inter.bias, True, act.code, act.alpha, act.thr, words),
+                       p + "FFN output input")
+        else:  # GELU as torch computes it (its float32 underflow to -0.0 decides some signs), then the bits
+            y = np.empty(prod.shape, self._np)
+            fused.affine(prod, inter.c, inter.bias, y)
+            words = self._binarize(F.gelu(torch.from_numpy(y)).numpy(), act, p + "FFN output input")
+        prod2 = out_lin.product(words, self.backend)
+        if trace is not None:
+            trace[p + "intermediate"] = torch.from_numpy(prod)
+            trace[p + "output"] = torch.from_numpy(prod2)
+        y = np.empty(h.shape, self._np)
+        fused.affine_residual(prod2, out_lin.c, out_lin.bias, h, y)
+        return self._layer_norm(y, layer["ffn_ln"])
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None, trace: dict | None = None) -> torch.Tensor:
+        """The logits ``(B, num_labels)`` in ``dtype``. ``trace``: a dict that receives every int32 product."""
+        input_ids, attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        B, L = input_ids.shape
+        D = self.config.hidden_size
+        x = np.empty((B, L, D), self._np)
+        fused.embed(input_ids.contiguous().numpy(), token_type_ids.contiguous().numpy(), self.word_bits, self.word_scale, self.position,
+                    self.token_type, x)
+        h = self._layer_norm(x, self.emb_ln).reshape(B * L, D)
+        m = attention_mask.to(self.dtype)
+        mask = np.ascontiguousarray(((1.0 - m) * MASK_VALUE).numpy())  # [B, L], the model's additive mask
+        valid = np.ascontiguousarray(attention_mask.numpy() != 0)
+        for layer in self.layers:
+            p = layer["prefix"]
+            words = self._attention(layer, h, B, L, mask, valid, trace)
+            lin = self.linears[p + "attention_output"]
+            prod = lin.product(words, self.backend)
+            if trace is not None:
+                trace[p + "attention_output"] = torch.from_numpy(prod)
+            y = np.empty(h.shape, self._np)
+            fused.affine_residual(prod, lin.c, lin.bias, h, y)
+            h = self._layer_norm(y, layer["attention_ln"])
+            h = self._ffn(layer, h, trace)
+        pooler = self.linears["pooler"]
+        cls = np.ascontiguousarray(h.reshape(B, L, D)[:, 0])
+        prod = pooler.product(self._binarize(cls, pooler.act, "pooler input"), self.backend)
+        if trace is not None:
+            trace["pooler"] = torch.from_numpy(prod)
+        y = np.empty((B, D), self._np)
+        fused.affine(prod, pooler.c, pooler.bias, y)
+        pooled = torch.tanh(torch.from_numpy(y))
+        w, b = self.classifier
+        return (pooled[:, None, :] * w[None]).sum(-1) + b  # the FP classifier, without a matrix product
+
+
+def load_engine(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, backend: str | None = None) -> PackedBert:
+    """``PackedBert(load_packed(folder), dtype, backend)``."""
+    return PackedBert(load_packed(folder), dtype=dtype, backend=backend)

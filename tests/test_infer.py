@@ -1,0 +1,505 @@
+"""The packed export and the bitwise engine (binlab.infer), checked against the fake-quant model on tiny models.
+
+The models are random (weights, biases, LayerNorms, BiT's thresholds) and calibrated on a random batch. Most are
+"dyadic": every parameter rounded to a multiple of 2^-12 and every reduction length a power of two, so that the
+scales the export derives (alpha = mean |W| per tensor or per row) are exact in float32, and a float64 engine
+must then reproduce the float64 fake-quant model up to the order of its float operations (~1e-15).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file, save_file
+
+from binlab.checkpoint import save_pretrained
+from binlab.infer import packed as packed_format
+from binlab.infer.engine import PackedBert
+from binlab.infer.export import export_packed, packed_tensors, resolve_source
+from binlab.infer.packed import CONFIG_FILE, WEIGHTS_FILE, file_bytes, load_packed, size_report
+from binlab.kernels.packing import unpack_signs
+from binlab.model import BertForSequenceClassification, tiny_bert
+from binlab.quant.config import QuantConfig
+from binlab.quant.layers import QuantEmbedding, QuantLinear
+from binlab.train.calibration import calibrate
+from conftest import ROOT
+
+_W1A1 = dict(weight_bits=1, embedding_bits=1, act_bits=1)
+#: name -> QuantConfig: both presets, and the other W1A1 combinations of their parts.
+CONFIGS = {
+    "bit": QuantConfig.preset("bit"),  # attention softmax01: softmax, then {0, alpha}; ReLU -> {0, alpha}
+    "bibert": QuantConfig.preset("bibert"),  # attention bool; sign everywhere; GELU
+    "bibert-bool-zero-1": replace(QuantConfig.preset("bibert"), bool_zero=1),
+    "bit-qkv-threshold-per-row": replace(QuantConfig.preset("bit"), qkv_threshold=True, weight_per_row=True),
+    "softmax-elastic-gelu": QuantConfig(**_W1A1, weight_method="bwn", act_method="elastic", attention="softmax",
+                                        ffn_act="gelu"),  # GELU -> {0, alpha} -> AND product
+    "softmax-sign-relu": QuantConfig(**_W1A1, weight_method="bibert", act_method="sign", attention="softmax",
+                                     ffn_act="relu"),  # sign(p) = +1: the context is an XNOR product
+}
+#: one per attention mode
+MODES = {"softmax": "softmax-elastic-gelu", "softmax01": "bit", "bool": "bibert"}
+
+VOCAB = 300
+GRID = 2.0 ** -12
+
+
+def make_model(quant, *, hidden=64, layers=2, heads=2, inter=128, vocab=VOCAB, max_pos=128, labels=3,
+               dyadic=True, seed=0) -> BertForSequenceClassification:
+    """A random calibrated W1A1 model in eval mode (see the module docstring for ``dyadic``)."""
+    model = tiny_bert(num_labels=labels, quant=quant, seed=seed, vocab_size=vocab, hidden_size=hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
+                      max_position_embeddings=max_pos, dropout=0.0)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("LayerNorm.weight"):
+                p.copy_(1 + 0.2 * noise)
+            elif name.startswith("classifier"):
+                p.copy_(noise)
+            elif name.endswith("bias"):  # linear biases, LayerNorm biases, BiT's learned thresholds
+                p.copy_(0.1 * noise)
+            if dyadic:
+                p.copy_(torch.round(p / GRID) * GRID)
+    ids, mask, types = batch(8, 40, seed=seed + 2)
+    calibrate(model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    return model.eval()
+
+
+def batch(B, L, seed=0, vocab=VOCAB, pad=True):
+    """Random ids, a mask with rows of different lengths (row 0 full), and token types (a second segment)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, L), generator=gen)
+    lengths = torch.randint(max(1, L // 4), L + 1, (B,), generator=gen) if pad else torch.full((B,), L)
+    lengths[0] = L
+    mask = (torch.arange(L)[None] < lengths[:, None]).long()
+    types = ((torch.arange(L)[None] >= lengths[:, None] // 2) & mask.bool()).long()
+    return ids, mask, types
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (fake-quant model, packed folder) for every config, built once."""
+    root = tmp_path_factory.mktemp("packed")
+    out = {}
+    for name, quant in CONFIGS.items():
+        model = make_model(quant)
+        out[name] = (model, export_packed(model, root / name))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the reference products, from the fake-quant model itself
+
+
+def engine_name(module_name: str) -> str | None:
+    """``bert.encoder.layer.0.attention.query`` -> ``layer.0.query``; the pooler -> ``pooler``."""
+    parts = module_name.split(".")
+    if module_name == "bert.pooler.dense":
+        return "pooler"
+    if parts[:3] != ["bert", "encoder", "layer"]:
+        return None
+    rest = ".".join(parts[4:])
+    table = {"attention.query": "query", "attention.key": "key", "attention.value": "value",
+             "attention_output.dense": "attention_output", "ffn.intermediate": "intermediate",
+             "ffn.output": "output"}
+    return f"layer.{parts[3]}.{table[rest]}" if rest in table else None
+
+
+def as_bits(q: torch.Tensor) -> torch.Tensor:
+    """A binarized tensor as the operand of its popcount product: {0, 1} if it has zeros ({0, alpha}), else +-1."""
+    return (q > 0).double() if bool((q == 0).any()) else torch.sign(q).double()
+
+
+def reference_products(model64, ids, mask, types) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The float64 fake-quant model's logits and every binarized product, computed in float64 from what its
+    quantizers output (hooks), named as the engine's trace names them."""
+    seen, hooks = {}, []
+
+    def keep(key):
+        def hook(module, inputs, output):
+            seen[key] = output.detach()
+        return hook
+
+    for name, m in model64.named_modules():
+        if isinstance(m, QuantLinear) and engine_name(name):
+            hooks.append(m.input_quantizer.register_forward_hook(keep((engine_name(name), "x"))))
+            hooks.append(m.weight_quantizer.register_forward_hook(keep((engine_name(name), "w"))))
+        if name.endswith(("query_quant", "key_quant", "value_quant", "probs_quant")):
+            layer = name.split(".")[3]
+            hooks.append(m.register_forward_hook(keep((f"layer.{layer}", name.rsplit(".", 1)[1]))))
+    try:
+        with torch.no_grad():
+            out = model64(ids, mask, types, output_attentions=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    products = {}
+    for (name, part), x in list(seen.items()):
+        if part == "x":
+            products[name] = F.linear(as_bits(x), as_bits(seen[(name, "w")]))
+    c = model64.config
+    H, d = c.num_attention_heads, c.head_size
+    for i in range(c.num_hidden_layers):
+        p = f"layer.{i}"
+
+        def heads(t):
+            return t.view(t.shape[0], t.shape[1], H, d).transpose(1, 2)
+
+        q, k, v = (as_bits(heads(seen[(p, n)])) for n in ("query_quant", "key_quant", "value_quant"))
+        products[p + ".scores"] = q @ k.transpose(-1, -2)
+        if c.quant.attention == "bool":
+            s = out.attention_scores[i]
+            probs = ((s >= 0) if c.quant.bool_zero else (s > 0)).double()
+        else:
+            probs = as_bits(seen[(p, "probs_quant")])
+        products[p + ".context"] = probs @ v
+    return out.logits, products
+
+
+def float64(model):
+    return copy.deepcopy(model).double().eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exactness
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("L", [37, 70])
+def test_integer_products_equal_the_float64_fake_quant_products(exported, name, L):
+    model, folder = exported[name]
+    ids, mask, types = batch(3, L, seed=L)
+    _, expected = reference_products(float64(model), ids, mask, types)
+    trace = {}
+    PackedBert(folder, dtype=torch.float64)(ids, mask, types, trace=trace)
+    assert set(trace) == set(expected), set(trace) ^ set(expected)
+    for key, ref in expected.items():
+        got = trace[key]
+        assert got.dtype == torch.int32, key
+        assert torch.equal(got.reshape(ref.shape).double(), ref), f"{name}: product {key} differs"
+    # the products are not trivial: some of each sign, and attention that selects
+    assert (trace["layer.1.query"] > 0).any() and (trace["layer.1.query"] < 0).any()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("L", [37, 70])
+def test_logits_match_the_float64_fake_quant_model(exported, name, L):
+    model, folder = exported[name]
+    ids, mask, types = batch(4, L, seed=100 + L)
+    with torch.no_grad():
+        ref = float64(model)(ids, mask, types).logits
+    got = PackedBert(folder, dtype=torch.float64)(ids, mask, types)
+    assert got.dtype == torch.float64 and got.shape == ref.shape
+    assert float((got - ref).abs().max()) < 1e-9
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert float(ref.std()) > 0.1  # logits that differ between examples: the comparison has something to see
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_attention_mode_in_float32(exported, mode):
+    """The float32 engine against the float32 fake-quant model: equal up to float32 rounding and the rare bit that
+    rounding moves across a threshold (the float64 comparisons above are exact)."""
+    model, folder = exported[MODES[mode]]
+    assert model.config.quant.attention == mode
+    ids, mask, types = batch(6, 45, seed=7)
+    with torch.no_grad():
+        ref = model(ids, mask, types).logits
+    got = PackedBert(folder)(ids, mask, types)
+    assert got.dtype == torch.float32
+    assert float((got - ref).abs().median()) < 1e-4
+    assert float((got.argmax(-1) == ref.argmax(-1)).float().mean()) >= 5 / 6
+
+
+@pytest.mark.parametrize("name", ["bit", "bibert"])
+def test_padding_changes_nothing(exported, name):
+    """Each row of a padded batch gives the logits of the same sentence alone, unpadded."""
+    _, folder = exported[name]
+    engine = PackedBert(folder, dtype=torch.float64)
+    ids, mask, types = batch(4, 70, seed=3)
+    together = engine(ids, mask, types)
+    for i in range(4):
+        n = int(mask[i].sum())
+        alone = engine(ids[i:i + 1, :n], mask[i:i + 1, :n], types[i:i + 1, :n])
+        assert float((together[i] - alone[0]).abs().max()) < 1e-9, i
+    assert int(mask.sum(1).min()) < 64 < 70  # one row crosses a word boundary of the keys, one does not
+
+
+def test_hidden_sizes_that_are_not_multiples_of_64(tmp_path):
+    """K = 80, 40 (head) and 144 (FFN): the last word of every packed row is partial. The derived scales are not
+    exact in float32 here, so the float64 comparison holds to their rounding (~1e-8 relative)."""
+    for name in ("bit", "bibert"):
+        model = make_model(CONFIGS[name], hidden=80, heads=2, inter=144, dyadic=False)
+        engine = PackedBert(export_packed(model, tmp_path / name), dtype=torch.float64)
+        ids, mask, types = batch(3, 29, seed=5)
+        _, expected = reference_products(float64(model), ids, mask, types)
+        trace = {}
+        got = engine(ids, mask, types, trace=trace)
+        for key, ref in expected.items():
+            assert torch.equal(trace[key].reshape(ref.shape).double(), ref), f"{name}: {key}"
+        with torch.no_grad():
+            ref = float64(model)(ids, mask, types).logits
+        assert float((got - ref).abs().max()) < 1e-6
+        assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+FLOAT_PRODUCTS = [(torch, "matmul"), (torch, "mm"), (torch, "bmm"), (torch, "addmm"), (torch, "einsum"),
+                  (F, "linear"), (torch.Tensor, "__matmul__"), (torch.Tensor, "matmul"), (torch.Tensor, "mm"),
+                  (torch.Tensor, "bmm")]
+
+
+@pytest.mark.parametrize("name", ["bit", "bibert"])
+def test_no_float_matrix_product_runs_in_the_forward_pass(exported, name, monkeypatch):
+    model, folder = exported[name]
+    engine = PackedBert(folder)
+    ids, mask, types = batch(2, 37, seed=1)
+    expected = engine(ids, mask, types)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a float matrix product ran")
+
+    for owner, attr in FLOAT_PRODUCTS:
+        monkeypatch.setattr(owner, attr, refuse)
+    with pytest.raises(AssertionError, match="a float matrix product ran"):  # the patch bites the fake-quant model
+        model(ids, mask, types)
+    assert torch.equal(engine(ids, mask, types), expected)
+
+
+def test_the_engine_refuses_bad_inputs(exported):
+    engine = PackedBert(exported["bit"][1])
+    ids = torch.randint(0, VOCAB, (2, 5))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 300\)"):
+        engine(ids + VOCAB)
+    with pytest.raises(ValueError, match="attention_mask must hold only 0"):
+        engine(ids, torch.full_like(ids, 2))
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings=128"):
+        engine(torch.zeros(1, 129, dtype=torch.long))
+    with pytest.raises(ValueError, match="2-D tensor"):
+        engine(ids[0])
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        PackedBert(exported["bit"][1], dtype=torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# export and load
+
+
+def test_export_load_round_trip(exported, tmp_path):
+    model, folder = exported["bit"]
+    loaded = load_packed(folder)
+    again = packed_tensors(model)
+    assert set(loaded.tensors) == set(again)
+    for name, t in again.items():
+        assert loaded.tensors[name].dtype == t.dtype and np.array_equal(loaded.tensors[name], t), name
+    assert loaded.config == model.config and loaded.fp_dtype == "float32"
+    bits = loaded.tensors["layer.0.query.bits"]
+    assert bits.dtype == np.uint64 and bits.shape == (64, 1)
+    # the stored bits are the signs of the quantized weight, the scale its magnitude
+    q = model.bert.encoder.layer[0].attention.query
+    with torch.no_grad():
+        wq = q.weight_quantizer(q.weight.double())
+    assert torch.equal(unpack_signs(bits, 64).double() * float(loaded.tensors["layer.0.query.scale"][0]), wq)
+    # a checkpoint directory and a recipe run export to the same tensors as the model itself
+    ckpt = save_pretrained(model, tmp_path / "run" / "student_w1a1" / "best_model")
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"stages": [{"stage": "teacher"},
+                                                                         {"stage": "student_w1a1"}]}))
+    assert resolve_source(tmp_path / "run") == ckpt
+    from_dir = load_packed(export_packed(tmp_path / "run", tmp_path / "from_dir")).tensors
+    assert all(np.array_equal(from_dir[k], again[k]) for k in again)
+    ids, mask, types = batch(2, 20)
+    assert torch.equal(PackedBert(tmp_path / "from_dir")(ids, mask, types), PackedBert(folder)(ids, mask, types))
+
+
+def test_fp16_export(exported, tmp_path):
+    model, _ = exported["bit"]
+    folder = export_packed(model, tmp_path / "fp16", fp16=True)
+    loaded = load_packed(folder)
+    assert loaded.fp_dtype == "float16"
+    assert loaded.tensors["embeddings.position"].dtype == np.float16
+    assert loaded.tensors["layer.0.query.bits"].dtype == np.uint64
+    ids, mask, types = batch(6, 30, seed=9)
+    with torch.no_grad():
+        ref = model(ids, mask, types).logits
+    got = PackedBert(folder)(ids, mask, types)
+    assert float((got - ref).abs().max()) < 0.5 * float(ref.abs().max())  # lossy, but the same model
+    assert file_bytes(folder) < 0.8 * file_bytes(exported["bit"][1])
+
+
+def _rewrite_config(folder, **changes):
+    path = folder / CONFIG_FILE
+    d = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is None:
+            d.pop(k, None)
+        else:
+            d[k] = v
+    path.write_text(json.dumps(d))
+
+
+def _rewrite_tensors(folder, change):
+    path = folder / WEIGHTS_FILE
+    tensors = {k: v.copy() for k, v in load_file(str(path)).items()}
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+BAD_FILES = {
+    "wrong marker": (lambda f: _rewrite_config(f, format="something-else"), ValueError, "format marker is"),
+    "no marker": (lambda f: _rewrite_config(f, format=None), ValueError, "format marker is None"),
+    "newer version": (lambda f: _rewrite_config(f, format_version=99), ValueError, "newer binlab"),
+    "version not an int": (lambda f: _rewrite_config(f, format_version="1"), ValueError, "must be an integer"),
+    "bad fp dtype": (lambda f: _rewrite_config(f, fp_dtype="bfloat16"), ValueError, "fp_dtype must be one of"),
+    "not json": (lambda f: (f / CONFIG_FILE).write_text("{nope"), ValueError, "not valid JSON"),
+    "no config": (lambda f: (f / CONFIG_FILE).unlink(), FileNotFoundError, "holds no config.json"),
+    "no weights": (lambda f: (f / WEIGHTS_FILE).unlink(), FileNotFoundError, "holds no model.packed.safetensors"),
+    "truncated": (lambda f: (f / WEIGHTS_FILE).write_bytes((f / WEIGHTS_FILE).read_bytes()[:-100]), ValueError,
+                  "truncated or corrupt"),
+    "garbage": (lambda f: (f / WEIGHTS_FILE).write_bytes(b"\x07" * 64), ValueError, "truncated or corrupt"),
+    "missing tensor": (lambda f: _rewrite_tensors(f, lambda t: t.pop("layer.1.key.bias")), ValueError,
+                       "missing 1: layer.1.key.bias"),
+    "extra tensor": (lambda f: _rewrite_tensors(f, lambda t: t.update(extra=np.zeros(2, np.float32))), ValueError,
+                     "unexpected 1: extra"),
+    "wrong dtype": (lambda f: _rewrite_tensors(f, lambda t: t.update({"layer.0.query.bits": t[
+        "layer.0.query.bits"].view(np.int64)})), ValueError, "layer.0.query.bits has dtype int64, expected uint64"),
+    "wrong shape": (lambda f: _rewrite_tensors(f, lambda t: t.update({"layer.0.ffn_ln.weight": np.ones(65, np.float32)})),
+                    ValueError, r"layer.0.ffn_ln.weight has shape \(65,\), the config says \(64,\)"),
+    "config disagrees": (lambda f: _rewrite_config(f, bert=dict(json.loads((f / CONFIG_FILE).read_text())["bert"],
+                                                                intermediate_size=256)),
+                         ValueError, "layer.0.intermediate.bits has shape"),
+    "not finite": (lambda f: _rewrite_tensors(f, lambda t: t["pooler.bias"].__setitem__(0, np.nan)), ValueError,
+                   "pooler.bias holds NaN"),
+    "unsupported quant": (lambda f: _rewrite_config(f, bert=dict(json.loads((f / CONFIG_FILE).read_text())["bert"],
+                                                                 binlab_quant=QuantConfig.preset("w1a8").to_dict())),
+                          ValueError, "fully binarized W1A1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_load_refuses_bad_files(exported, tmp_path, case):
+    folder = tmp_path / "model"
+    shutil.copytree(exported["bit"][1], folder)
+    load_packed(folder)  # fine before the damage
+    damage, error, message = BAD_FILES[case]
+    damage(folder)
+    with pytest.raises(error, match=message):
+        load_packed(folder)
+
+
+def test_load_refuses_padding_bits(tmp_path):
+    model = make_model(CONFIGS["bit"], hidden=80, inter=144, dyadic=False)
+    folder = export_packed(model, tmp_path / "m")
+    load_packed(folder)
+    _rewrite_tensors(folder, lambda t: t["layer.0.output.bits"].__setitem__((0, -1), np.uint64(1) << np.uint64(40)))
+    with pytest.raises(ValueError, match="layer.0.output.bits has padding bits set past bit 144"):
+        load_packed(folder)
+
+
+def test_export_refuses_what_the_engine_cannot_run(tmp_path):
+    with pytest.raises(ValueError, match=r"fully binarized W1A1.*W1E1A8"):
+        export_packed(tiny_bert(quant="w1a8", vocab_size=VOCAB, hidden_size=64), tmp_path / "a")
+    with pytest.raises(ValueError, match="W32E32A32"):
+        export_packed(tiny_bert(vocab_size=VOCAB), tmp_path / "b")
+    fresh = tiny_bert(quant="bit", vocab_size=VOCAB, max_position_embeddings=64)  # never calibrated
+    with pytest.raises(ValueError, match="alpha never saw data"):
+        export_packed(fresh, tmp_path / "c")
+    split = make_model(CONFIGS["bit"])
+    split.bert.encoder.layer[0].attention.query = torch.nn.Linear(64, 64)
+    with pytest.raises(ValueError, match="split model"):
+        export_packed(split, tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory"):
+        export_packed(tmp_path, tmp_path / "e")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# size on disk
+
+
+def independent_ideal(model, fp_bytes: int) -> int:
+    """1 bit per binarized weight plus every FP number at ``fp_bytes``, counted from the fake-quant model itself:
+    its parameters other than the latent binarized weights, plus the derived weight scales (one per tensor or per
+    row, and one per word-embedding row)."""
+    q = model.config.quant
+    bits = fp = 0
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear):
+            bits += m.weight.numel()
+            fp += m.out_features if q.weight_per_row else 1
+        elif isinstance(m, QuantEmbedding):
+            bits += m.weight.numel()
+            fp += m.num_embeddings
+    latent = {id(m.weight) for m in model.modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
+    fp += sum(p.numel() for p in model.parameters() if id(p) not in latent)
+    return bits // 8 + fp * fp_bytes
+
+
+SHAPES = {"tiny": dict(), "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                          intermediate_size=1536)}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("preset", ["bit", "bibert"])
+def test_size_on_disk_is_within_5_percent_of_the_ideal(tmp_path, shape, preset):
+    model = tiny_bert(quant=preset, seed=0, **SHAPES[shape]).eval()  # BERT's vocabulary, 512 positions
+    ids, mask, types = batch(2, 16, vocab=model.config.vocab_size)
+    calibrate(model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    fp32_file = save_pretrained(model, tmp_path / "fp32") / "model.safetensors"
+    for fp16, fp_bytes in ((False, 4), (True, 2)):
+        folder = export_packed(model, tmp_path / f"packed{fp_bytes}", fp16=fp16)
+        ideal = independent_ideal(model, fp_bytes)
+        assert packed_format.ideal_bytes(model.config, "float16" if fp16 else "float32") == ideal
+        size = file_bytes(folder)
+        assert ideal <= size <= 1.05 * ideal, (size, ideal)
+        assert size_report(folder, fp32_file)["smaller_than_fp32"] > 10
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the command line
+
+
+def binlab(*args, timeout=600):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("BINLAB_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "binlab", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=timeout)
+
+
+def test_export_and_predict_from_the_command_line(tmp_path):
+    from binlab.tokenizer import load_tokenizer
+
+    model = make_model(CONFIGS["bibert"], vocab=30522, max_pos=64, labels=2)  # BERT's vocabulary
+    tok = load_tokenizer()
+    ckpt = save_pretrained(model, tmp_path / "ckpt", tokenizer=tok)
+    proc = binlab("export", str(ckpt), "--out", str(tmp_path / "packed"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bytes on disk" in proc.stdout and "ideal" in proc.stdout and "fp32 checkpoint" in proc.stdout
+    proc = binlab("predict", str(tmp_path / "packed"), "a fine film", "and a second sentence", "--repeat", "3",
+                  "--json", str(tmp_path / "p.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["label"] in ("LABEL_0", "LABEL_1") and f"label: {result['label']}" in proc.stdout
+    assert "scores: LABEL_0" in proc.stdout and "latency:" in proc.stdout and " ms per forward pass" in proc.stdout
+    assert abs(sum(result["scores"]) - 1) < 1e-5
+    enc = tok(["a fine film"], ["and a second sentence"])
+    with torch.no_grad():
+        expected = float64(model)(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).logits[0]
+    assert np.allclose(result["logits"], expected.numpy(), atol=1e-4)  # the float32 engine
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    ckpt = save_pretrained(tiny_bert(vocab_size=VOCAB, max_position_embeddings=32), tmp_path / "fp")
+    for args, words in ((["export", str(ckpt), "--out", str(tmp_path / "x")], "fully binarized W1A1"),
+                        (["predict", str(ckpt), "hello"], "format marker is None"),
+                        (["predict", str(tmp_path / "nothing"), "hello"], "not a directory")):
+        proc = binlab(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert words in proc.stderr, proc.stderr
