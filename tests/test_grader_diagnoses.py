@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.grader import core, ex01_popcount, ex04_splitting
+from binlab.grader import core, ex01_popcount, ex04_splitting, ex06_bi_attention
 
 EXERCISES = {name: core.load_exercise(name) for name in core.exercise_names()}
 
@@ -123,6 +123,35 @@ def test_questions_name_their_earlier_answers():
     assert ex01_popcount.q4.uses == [ex01_popcount.q2, ex01_popcount.q3]
     assert ex04_splitting.q2.uses == [ex04_splitting.q1]
     assert ex04_splitting.q3.uses == [ex04_splitting.q1, ex04_splitting.q2]
+    assert ex06_bi_attention.q3.uses == [ex06_bi_attention.q2]
+
+
+BOOL_ZERO_ONE = """
+class BoolSTE(torch.autograd.Function):  # bool(0) = 1: fails Q2
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * (x.abs() <= 1).to(grad_output.dtype)
+"""
+BI_ATTENTION = """
+def bi_attention(q, k, v, attention_mask):  # right, with the learner's BoolSTE
+    sq, sk, sv = (torch.where(x >= 0, 1.0, -1.0).to(q.dtype) for x in (q, k, v))
+    mask = (1.0 - attention_mask[:, None, None, :].to(q.dtype)) * -10000.0
+    return BoolSTE.apply(sq @ sk.transpose(-1, -2) / q.shape[-1] ** 0.5 + mask) @ sv
+"""
+
+
+def test_right_bi_attention_on_a_wrong_bool_ste_is_right_and_q2_is_blamed():
+    """Exercise 6: Q3's formula is right, the learner's BoolSTE (Q2) maps 0 to 1: Q2 is named, not Q3."""
+    ns = notebook(BOOL_ZERO_ONE, BI_ATTENTION)
+    r = ex06_bi_attention.q3.grade(ns["bi_attention"])
+    assert r.full_marks, r.feedback()
+    assert "your BoolSTE from Q2 fails its check; fix it first" in r.feedback()
 
 
 # ----------------------------------------------------------------------------- hints and solutions

@@ -11,6 +11,9 @@ callback logic lives here, so the tests drive it from Python and the notebooks o
                straight-through gradients, all-zero attention rows, scale variants on a tiny BERT
     splitting  chapter 4: ternary weight splitting step by step, the printed coefficient's error, landscapes
                before and after splitting, split-then-fine-tune vs direct binarization on a tiny BERT
+    attention  chapter 6: the entropy of binarized attention (sign(softmax), thresholds, BiT, bool) on real SST-2
+               sentences, the attention-map explorer, bool(0) and exact zeros, bitwise Bi-Attention, DMD's similarity
+               matrices, element-wise vs direction-matching distillation on a tiny BiBERT
     viz        what the chapters share: show_source, markdown tables and sections
     figure     Figure: the FigureWidget every chapter figure is, sized to its cell's width
 """
