@@ -48,7 +48,7 @@ NOTEBOOKS = [
     "book/03_loss_landscapes.ipynb",
     "book/04_ternary_weight_splitting.ipynb",
     "book/05_elastic_activations.ipynb",
-    "book/06_bi_attention.ipynb",
+    "book/06_bi_attention_entropy.ipynb",
 ]
 if os.environ.get("BINLAB_UI_NOTEBOOKS"):
     NOTEBOOKS = [p for p in os.environ["BINLAB_UI_NOTEBOOKS"].split(os.pathsep) if p]
