@@ -355,6 +355,24 @@ def screenshot_figures(page, name: str) -> int:
     return plots.count()
 
 
+def new_page(context):
+    """A page with a 60 s default timeout and the browser console collected (for :func:`diagnostics`)."""
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    return page, console
+
+
+def open_notebook(page, lab, path: Path) -> None:
+    """Open the server's copy of ``path`` and wait for its kernel to be idle."""
+    page.goto(lab.url_for(path), wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=KERNEL_TIMEOUT * 1000)
+    dismiss_dialogs(page)
+    wait_kernel_idle(page, KERNEL_TIMEOUT)
+
+
 @contextlib.contextmanager
 def diagnostics(page, lab, name: str, console: list):
     """On failure: screenshot build/ui-<name>-failure.png and put page text, console, log in the message."""
@@ -391,18 +409,11 @@ def test_notebook_in_browser(notebook, request):
     n_code = _code_cells(lab.copy_of(path))
     original = path.read_bytes()
 
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    console: list[str] = []
-    page.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
-    page.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    page, console = new_page(context)
     t0 = time.monotonic()
     try:
         with diagnostics(page, lab, name, console):
-            page.goto(lab.url_for(path), wait_until="domcontentloaded")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=KERNEL_TIMEOUT * 1000)
-            dismiss_dialogs(page)
-            wait_kernel_idle(page, KERNEL_TIMEOUT)
+            open_notebook(page, lab, path)
 
             run_all_cells(page)
             st = wait_run_finished(page, n_code, RUN_TIMEOUT)
@@ -514,17 +525,10 @@ def test_exercise_in_browser(notebook, module, question, mistake, request):
     diagnosis = next(m.diagnosis for m in importlib.import_module(module).MISTAKES
                      if m.question == question and m.name == mistake)
 
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    console: list[str] = []
-    page.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
-    page.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    page, console = new_page(context)
     try:
         with diagnostics(page, lab, name, console):
-            page.goto(lab.url_for(path), wait_until="domcontentloaded")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=KERNEL_TIMEOUT * 1000)
-            dismiss_dialogs(page)
-            wait_kernel_idle(page, KERNEL_TIMEOUT)
+            open_notebook(page, lab, path)
 
             # The untouched notebook: every check runs and says "not attempted".
             run_all_cells(page)

@@ -49,7 +49,9 @@ from binlab.analysis import entropy as H
 from binlab.checkpoint import load_pretrained
 from binlab.data.glue import GLUE_DIR_ENV, load_glue
 from binlab.data.glue import batches as glue_batches
+from binlab.explorers.elastic import SENTENCES as ELASTIC_SENTENCES
 from binlab.explorers.figure import Figure
+from binlab.explorers.landscape import DEFAULT_SST2_RUN, SST2_TRAIN_COMMAND
 from binlab.explorers.viz import markdown_section
 from binlab.kernels.packing import pack_bits01, pack_signs
 from binlab.kernels.products import and_bmm, xnor_bmm
@@ -69,22 +71,13 @@ __all__ = [
 ]
 
 #: The fine-tuned SST-2 teacher the chapter looks for (what docs/results.md's teacher command writes).
-TEACHER_RUN = "runs/sst2-fp"
+TEACHER_RUN = DEFAULT_SST2_RUN
 #: A trained BiBERT run (``binlab train --recipe bibert ... --out runs/sst2-bibert``): its student, when there.
 BIBERT_RUN = "runs/sst2-bibert"
-TRAIN_TEACHER_COMMAND = ("binlab train --task sst2 --glue-dir ../shared/data/glue --threads 1 --lr 5e-5 --epochs 1 "
-                         "--batch-size 32 --max-length 64 --out runs/sst2-fp")
+TRAIN_TEACHER_COMMAND = SST2_TRAIN_COMMAND
 
 #: The sentences used when no local SST-2 dev set is found (short, varied, as SST-2's).
-SENTENCES = (
-    "a gripping, beautifully acted film",
-    "the plot is thin and the jokes fall flat",
-    "not bad at all",
-    "it is neither funny nor moving, just long",
-    "one of the most charming comedies of the year",
-    "the director never finds a reason for the story to exist",
-    "warm, funny and surprisingly sad",
-    "i wanted to leave after twenty minutes",
+SENTENCES = ELASTIC_SENTENCES + (  # chapter 5's eight, then four more
     "the cast is better than the script deserves",
     "a clever premise buried under a clumsy, tedious second half",
     "this is the kind of movie that makes you forgive its flaws",
