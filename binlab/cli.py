@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "entropy": ("binlab.analysis.entropy", "entropy of a model's binarized attention maps on GLUE dev sentences"),
     "export": ("binlab.infer.export", "pack a trained W1A1 checkpoint into real bits (uint64 signs + scales)"),
     "predict": ("binlab.infer.predict", "classify a sentence (or pair) with a packed model, run bitwise"),
+    "agreement": ("binlab.infer.agreement", "the engine vs the fake-quant model on a dev set, disagreements traced"),
 }
 DEBUG_ENV = "BINLAB_DEBUG"
 

@@ -11,6 +11,8 @@ the same network is stored and run as bits::
     binlab.infer.engine    PackedBert: the forward pass, every binarized product an XNOR- or AND-popcount
                            GEMM of binlab.kernels
     binlab.infer.predict   ``binlab predict MODEL "sentence" ["second sentence"]``: label, scores, latency
+    binlab.infer.agreement the engine against the float64 and float32 fake-quant model on a dev set, each float32
+                           disagreement traced to its first flipped bit; ``binlab agreement``
 
 The engine runs the fully binarized presets ``bit`` (BiT: elastic {-alpha, +alpha} / {0, alpha} activations,
 softmax then {0, alpha} attention) and ``bibert`` (BiBERT: sign activations, bool attention), and the other W1A1
