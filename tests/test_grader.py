@@ -23,13 +23,13 @@ import torch
 from conftest import ROOT
 
 from binlab.grader import (cli, core, ex01_popcount, ex02_quantizers, ex03_landscape, ex04_splitting, ex05_elastic,
-                           ex06_bi_attention)
+                           ex06_bi_attention, ex08_bitwise_bert)
 
 #: every shipped exercise; each test parametrized over it holds for all of them (tests/test_ex03.py and
 #: tests/test_ex04.py add what is particular to one exercise).
 EXERCISES = {"01_popcount": ex01_popcount, "02_quantizers": ex02_quantizers,
              "03_landscape": ex03_landscape, "04_splitting": ex04_splitting, "05_elastic": ex05_elastic,
-             "06_bi_attention": ex06_bi_attention}
+             "06_bi_attention": ex06_bi_attention, "08_bitwise_bert": ex08_bitwise_bert}
 NOTEBOOKS = {name: ROOT / "exercises" / f"{name}.ipynb" for name in EXERCISES}
 
 
@@ -145,6 +145,9 @@ REQUIRED_MISTAKES = {
     "05_elastic": {"threshold_alpha", "no_grad_scale", "signed_for_probabilities", "sign_zero"},
     "06_bi_attention": {"padded_keys", "padded_rows", "bool_zero_one", "softmax_kept", "mask_forgotten", "squared",
                         "per_row_norm"},
+    "08_bitwise_bert": {"padded_length", "k_minus_popcount", "and_for_xnor", "alpha_per_column", "bias_before_scale",
+                        "uint64_wrap", "act_alpha_twice", "msb_first", "xnor_for_and", "ones_term_missing",
+                        "v_along_d"},
 }
 
 
@@ -437,6 +440,18 @@ def test_docstring_examples_hold():
     f = torch.tensor([[[[1.0], [0.0]]]])
     assert ex6.dmd_distance(f, f.flip(-2)).item() == pytest.approx(2 ** 0.5)
     assert ex6.dmd_distance(f + 0.3, 2 * (f + 0.3)).item() == pytest.approx(0.0, abs=1e-6)
+    ex8 = ex08_bitwise_bert
+    x = ex01_popcount.pack_signs(np.array([[1.0, -1, 1]]))
+    w = ex01_popcount.pack_signs(np.array([[1.0, 1, -1], [-1, -1, -1]]))
+    assert x.tolist() == [[0b101]] and w.tolist() == [[0b011], [0b000]]
+    assert ex8.binary_linear(x, w, 3, torch.tensor([0.5, 2.0]), torch.tensor([1.0, 0.0])).tolist() == [[0.5, -2.0]]
+    y = ex8.bit_linear(torch.tensor([[0.5, -1.0, 0.0]]), w, 2.0, torch.tensor([0.5, 0.25]), torch.tensor([1.0, 0.0]))
+    assert y.dtype == torch.float32 and y.tolist() == [[0.0, -0.5]]
+    p, v = ex8._pack(np.array([[1, 0, 1, 1]])), ex01_popcount.pack_signs(np.array([[1.0, 1, -1, 1]]))
+    assert p.tolist() == [[0b1101]] and v.tolist() == [[0b1011]] and ex8.and_product(p, v, 4).tolist() == [[1]]
+    ctx = ex8.bit_attention(torch.tensor([[[[0.7, 0.3], [0.45, 0.55]]]]), torch.tensor([[[[0.5, 1.0], [-2.0, 0.0]]]]),
+                            0.8, 1.5)
+    assert ctx.flatten().tolist() == pytest.approx([1.2, 1.2, 0.0, 2.4])
 
 
 def test_exercise_convention_matches_binlab_kernels():
@@ -451,6 +466,29 @@ def test_exercise_convention_matches_binlab_kernels():
     A = ex01_popcount.pack_signs(rng.standard_normal((5, 130)))
     B = ex01_popcount.pack_signs(rng.standard_normal((7, 130)))
     assert np.array_equal(products.xnor_gemm(A, B, 130).numpy(), ex01_popcount.xnor_matmul(A, B, 130))
+
+
+def test_ex08_matches_binlab_kernels():
+    """Exercise 8's reference answers are binlab's BinaryLinear, and_gemm and the engine's and_bmm context."""
+    from binlab.kernels.linear import BinaryLinear
+    from binlab.kernels.packing import pack_bits01, pack_signs
+    from binlab.kernels.products import and_bmm, and_gemm
+
+    ex8 = ex08_bitwise_bert
+    g = torch.Generator().manual_seed(8)
+    for K in (1, 70, 128, 300):
+        W, b, x = torch.randn(24, K, generator=g), torch.randn(24, generator=g), torch.randn(16, K, generator=g)
+        layer = BinaryLinear.from_float(W, b, alpha="row")
+        mine = ex8.binary_linear(pack_signs(x), pack_signs(W), K, layer.alpha, layer.bias)
+        assert mine.dtype == torch.float32 and torch.allclose(mine, layer(x), rtol=1e-6, atol=1e-5)
+        engine = BinaryLinear.from_float(W, b, alpha=0.6 * layer.alpha)
+        assert torch.allclose(ex8.bit_linear(x, pack_signs(W), 0.6, layer.alpha, b), engine(x), rtol=1e-6, atol=1e-5)
+        p, v = torch.rand(16, K, generator=g) < 0.3, torch.randn(8, K, generator=g)
+        pw, vw = pack_bits01(p), pack_signs(v)
+        assert np.array_equal(ex8.and_product(pw, vw, K), and_gemm(pw, vw, K).numpy())
+    probs, v = torch.softmax(2 * torch.randn(2, 3, 70, 70, generator=g), -1), torch.randn(2, 3, 70, 16, generator=g)
+    context = 0.05 * 0.8 * and_bmm(pack_bits01(probs / 0.05 > 0.5), pack_signs(v.transpose(-1, -2)), 70)
+    assert torch.allclose(ex8.bit_attention(probs, v, 0.05, 0.8), context, rtol=1e-6, atol=1e-6)
 
 
 def test_interrupting_a_check_kills_the_child(monkeypatch):

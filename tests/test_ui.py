@@ -49,6 +49,7 @@ NOTEBOOKS = [
     "book/04_ternary_weight_splitting.ipynb",
     "book/05_elastic_activations.ipynb",
     "book/06_bi_attention_entropy.ipynb",
+    "book/08_w1a1_bert_on_glue.ipynb",
 ]
 if os.environ.get("BINLAB_UI_NOTEBOOKS"):
     NOTEBOOKS = [p for p in os.environ["BINLAB_UI_NOTEBOOKS"].split(os.pathsep) if p]
