@@ -151,7 +151,8 @@ def w1a1_path(fast: bool | None = None, *, student_dir: str | os.PathLike | None
             folder, kind = runs[0]["folder"], "run"
             others = ", ".join(f"{r['run']} {100 * r['best']:.1f}" for r in runs[1:])
             how = (f"the finished W1A1 run {runs[0]['run']}/{runs[0]['stage']} (best SST-2 dev "
-                   f"{100 * runs[0]['best']:.1f} %, the best of {len(runs)} found" + (f"; the others: {others})" if others else ")"))
+                   f"{100 * runs[0]['best']:.1f} %, the best of {len(runs)} found"
+                   + (f"; the others: {others})" if others else ")"))
         elif (teacher_dir / "config.json").is_file() and glue is not None:
             print(f"no finished W1A1 run under runs/: BiT* from {teacher_dir} for {SHORT_RUN['steps']} steps "
                   f"into {SHORT_RUN['out']} (about {SHORT_RUN['steps'] * 1.5 / 60:.0f} min here)", flush=True)
@@ -161,7 +162,8 @@ def w1a1_path(fast: bool | None = None, *, student_dir: str | os.PathLike | None
                    f"{SHORT_RUN['out']}): far from a full epoch")
         else:
             why = (f"no finished W1A1 run under runs/ and no SST-2 teacher ({TEACHER_RUN}/best_model: "
-                   f"`{TRAIN_TEACHER_COMMAND}`) " + ("" if glue is not None else "or local GLUE folder ($BINLAB_GLUE_DIR)"))
+                   f"`{TRAIN_TEACHER_COMMAND}`) "
+                   + ("" if glue is not None else "or local GLUE folder ($BINLAB_GLUE_DIR)"))
     work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="binlab-ch8-"))
     if kind == "tiny":
         with torch_threads(1):
@@ -169,8 +171,8 @@ def w1a1_path(fast: bool | None = None, *, student_dir: str | os.PathLike | None
         how = (f"BiT's chain FP -> W1A2 -> W1A1 on a tiny random BERT (2 layers, hidden 64) and SYNTHETIC SST-2 "
                f"({why}); not GLUE results")
     student = load_source_model(folder)
-    teacher = (_quiet(load_pretrained, teacher_dir, quant="fp", verbose=False) if (teacher_dir / "config.json").is_file()
-               else None)
+    has_teacher = (teacher_dir / "config.json").is_file()
+    teacher = _quiet(load_pretrained, teacher_dir, quant="fp", verbose=False) if has_teacher else None
     tokenizer = load_tokenizer(folder) if (folder / "vocab.txt").is_file() else load_tokenizer(None)
     packed = export_packed(student, work / "packed", tokenizer=tokenizer)
     engine = PackedBert(load_packed(packed))
@@ -275,6 +277,8 @@ def recorded_table(doc: str, heading: str) -> tuple[str, list[dict]] | None:
 
 #: The columns of the summary table of docs/results.md the accuracy figure draws (as written there).
 ACCURACY_COLUMNS = ("FP teacher", "BinaryBERT's recipe W1A1", "BiT W1A1", "BiT* W1A1", "BiBERT W1A1")
+#: The papers' numbers in the same table (BERT-base), drawn as markers over the bars.
+PAPER_COLUMNS = ("paper FP", "paper BiT", "paper BiBERT")
 
 
 def accuracy_rows(rows: list[dict]) -> list[dict]:
@@ -283,7 +287,7 @@ def accuracy_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         task = r.get("task", "").strip()
         if task:
-            out.append({"task": task, **{c: parse_number(r.get(c, "")) for c in ACCURACY_COLUMNS}})
+            out.append({"task": task, **{c: parse_number(r.get(c, "")) for c in ACCURACY_COLUMNS + PAPER_COLUMNS}})
     return out
 
 
@@ -295,9 +299,16 @@ def accuracy_figure(rows: list[dict]):
         if any(v is not None for v in values):
             fig.add_trace(go.Bar(x=tasks, y=values, name=column,
                                  text=[("" if v is None else f"{v:.1f}") for v in values], textposition="outside"))
-    fig.update_layout(title="GLUE dev on MiniLM-L6: the FP teacher against each W1A1 recipe (best dev, one seed)",
+    for column, symbol in zip(PAPER_COLUMNS, ("diamond-open", "star-open", "circle-open")):
+        values = [r.get(column) for r in rows]
+        if any(v is not None for v in values):
+            fig.add_trace(go.Scatter(x=tasks, y=values, mode="markers", name=f"{column} (BERT-base)",
+                                     marker=dict(symbol=symbol, size=13, color="black", line=dict(width=2))))
+    fig.update_layout(title="GLUE dev: MiniLM-L6 teacher and W1A1 recipes (bars, best dev, one seed); "
+                            "the papers on BERT-base (markers)",
                       barmode="group", xaxis_title="task (SST-2 accuracy, STS-B Pearson/Spearman mean, CoLA MCC)",
-                      yaxis_title="dev score (%)", height=460, legend=dict(orientation="h", y=-0.3))
+                      yaxis_title="dev score (%)", yaxis_range=[0, 105], height=480,
+                      legend=dict(orientation="h", y=-0.3))
     return fig
 
 
