@@ -17,7 +17,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "bench": ("binlab.kernels.bench", "time binlab's bitwise kernels against torch on BERT shapes"),
+    "bench": ("binlab.infer.bench", "time binlab's bitwise kernels (gemm) or whole W1A1 models (model) against torch"),
     "grade": ("binlab.grader.cli", "grade an exercise notebook"),
     "profile": ("binlab.methods.profile", "time one distillation step part by part, before and after the speed-ups"),
     "book": ("binlab.book", "execute every notebook headless and write HTML"),

@@ -81,7 +81,12 @@ def test_the_recorded_tables_of_docs():
     assert len(fig.data) >= 4 and fig.layout.title.text and fig.layout.yaxis.title.text
     assert W.recorded_table("results.md", "no such heading") is None
     assert W.recorded_table("no-such-file.md", "x") is None
-    lat = W.latency_rows([{"shape": "1 x 128", "method": "torch fp32", "latency ms": "15.2"},
-                          {"shape": "1 x 128", "method": "binlab", "latency ms": "–"}])
-    assert lat == [{"shape": "1 x 128", "method": "torch fp32", "ms": 15.2}]
+    lat = W.latency_rows([{"shape, workload": "MiniLM 1 × 128", "method": "torch_fp32", "latency (ms)": "15.2"},
+                          {"shape, workload": "", "method": "binlab_bit", "latency (ms)": "3.1"},
+                          {"shape, workload": "", "method": "onnx_int8", "latency (ms)": "–"}])
+    assert lat == [{"shape": "MiniLM 1 × 128", "method": "torch_fp32", "ms": 15.2},
+                   {"shape": "MiniLM 1 × 128", "method": "binlab_bit", "ms": 3.1}]
+    text, rows = W.recorded_table("benchmarks.md", "Whole model: `binlab bench model`")
+    measured = W.latency_rows(rows)
+    assert {r["method"] for r in measured} >= {"binlab_bit", "torch_fp32"} and all(r["shape"] for r in measured)
     assert W.latency_figure(lat).layout.yaxis.type == "log"

@@ -313,12 +313,14 @@ def accuracy_figure(rows: list[dict]):
 
 
 def latency_rows(rows: list[dict]) -> list[dict]:
-    """(shape, method, ms) from the rows of docs/benchmarks.md's model table (columns 'shape', 'method', 'ms')."""
-    out = []
+    """(shape, method, ms) from the rows of docs/benchmarks.md's model table: its columns "shape, workload" (or
+    "shape"; a blank cell repeats the row above), "method" and "latency (ms)" (or "latency ms")."""
+    out, shape = [], ""
     for r in rows:
-        ms = parse_number(r.get("latency ms", r.get("ms", "")))
+        shape = (r.get("shape, workload") or r.get("shape") or "").strip() or shape
+        ms = parse_number(r.get("latency (ms)", r.get("latency ms", "")))
         if ms is not None:
-            out.append({"shape": r.get("shape", "").strip(), "method": r.get("method", "").strip(), "ms": ms})
+            out.append({"shape": shape, "method": r.get("method", "").strip(), "ms": ms})
     return out
 
 
@@ -328,7 +330,7 @@ def latency_figure(rows: list[dict]):
     for method in dict.fromkeys(r["method"] for r in rows):
         ms = {r["shape"]: r["ms"] for r in rows if r["method"] == method}
         fig.add_trace(go.Bar(x=shapes, y=[ms.get(s) for s in shapes], name=method))
-    fig.update_layout(title="Latency of one forward pass, 2 threads (docs/benchmarks.md)", barmode="group",
+    fig.update_layout(title="Latency of one forward pass (docs/benchmarks.md's first model table)", barmode="group",
                       xaxis_title="batch x tokens", yaxis_title="milliseconds (log scale)", yaxis_type="log",
                       height=460, legend=dict(orientation="h", y=-0.3))
     return fig

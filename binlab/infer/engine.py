@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,33 @@ from binlab.kernels.products import PackedWeight, and_bmm, and_gemm, xnor_bmm, x
 from binlab.model import MASK_VALUE
 from binlab.quant.quantizers import ALPHA_MIN
 
-__all__ = ["PackedBert", "load_engine"]
+__all__ = ["PackedBert", "load_engine", "STEPS"]
+
+#: The steps ``timings`` names, in the order of the forward pass: once per call (no prefix) or once per encoder layer
+#: (``layer.i.`` before it). ``.pack`` binarizes and packs an operand, ``.gemm`` is the popcount product, the rest the
+#: float work after it (scale, bias, residual, LayerNorm, activation, the next operand's bits).
+STEPS = (
+    ("inputs", "the input checks and the attention mask"),
+    ("embeddings", "word bits x scale + position + token type, LayerNorm"),
+    ("qkv.pack", "the bits of h for Q, K, V"),
+    ("qkv.gemm", "Q, K, V: XNOR products with W_q, W_k, W_v"),
+    ("qkv.binarize", "scale + bias, then the bits of Q, K, V per head"),
+    ("scores", "Q . K^T: XNOR product per head"),
+    ("probs", "softmax then {0, alpha} bits (BiT), or bool(scores) (BiBERT)"),
+    ("context", "probs . V: AND product per head"),
+    ("attn_out.pack", "the bits of the context"),
+    ("attn_out.gemm", "the attention output: XNOR product with W_o"),
+    ("attn_out.ln", "scale + bias + residual, LayerNorm"),
+    ("ffn1.pack", "the bits of h'"),
+    ("ffn1.gemm", "FFN1: XNOR product with W_1"),
+    ("ffn1.act", "scale + bias, ReLU or GELU, the bits of the FFN2 input"),
+    ("ffn2.gemm", "FFN2: AND or XNOR product with W_2"),
+    ("ffn2.ln", "scale + bias + residual, LayerNorm"),
+    ("pooler", "the [CLS] bits, XNOR product with W_p, tanh"),
+    ("classifier", "the float classifier"),
+)
+#: the steps of :data:`STEPS` that run once per encoder layer
+LAYER_STEPS = tuple(name for name, _ in STEPS if name not in ("inputs", "embeddings", "pooler", "classifier"))
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -78,6 +105,25 @@ class _Linear:
         return gemm(words, self.weight, self.k, backend=backend).numpy()
 
 
+class _Laps:
+    """The optional time breakdown of a forward pass: ``lap(key)`` adds the seconds since the previous lap to
+    ``timings[key]``. Off (``timings=None``) every lap is :func:`_no_lap`, a call that does nothing."""
+
+    __slots__ = ("timings", "last")
+
+    def __init__(self, timings: dict):
+        self.timings, self.last = timings, time.perf_counter()
+
+    def __call__(self, key: str) -> None:
+        now = time.perf_counter()
+        self.timings[key] = self.timings.get(key, 0.0) + (now - self.last)
+        self.last = now
+
+
+def _no_lap(key: str) -> None:
+    pass
+
+
 def _check_nan(n_nan: int, where: str) -> None:
     if n_nan:
         raise ValueError(f"PackedBert: {n_nan} NaN value(s) reached the binarizer of {where}")
@@ -93,6 +139,8 @@ class PackedBert:
 
     ``engine(input_ids, attention_mask=None, token_type_ids=None)`` returns the logits ``(B, num_labels)``;
     ``trace={}`` collects every integer product by name (``layer.0.query``, ``layer.0.scores``, ...).
+    ``timings={}`` receives the seconds each step took (:data:`STEPS`; ``layer.0.qkv.gemm``, ...), for
+    ``binlab bench model``'s breakdown; without it the forward pass only makes a no-op call per step.
     """
 
     def __init__(self, packed: PackedModel | str | os.PathLike, dtype: torch.dtype = torch.float32,
@@ -199,17 +247,21 @@ class PackedBert:
         return out
 
     def _attention(self, layer: dict, h: np.ndarray, B: int, L: int, mask: np.ndarray, valid: np.ndarray,
-                   trace: dict | None) -> np.ndarray:
+                   trace: dict | None, lap=_no_lap) -> np.ndarray:
         """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)]."""
         p, H, d = layer["prefix"], self.num_heads, self.head_size
         x = np.stack([self._binarize(h, a, p + "qkv input") for a in layer["qkv_inputs"]])  # [3, B*L, DW]
+        lap(p + "qkv.pack")
         prod = xnor_bmm(x, layer["qkv_weight"], self.config.hidden_size, backend=self.backend).numpy()
+        lap(p + "qkv.gemm")
         dw, lw = words_for(d), words_for(L)
         qw, kw = np.empty((B, H, L, dw), np.uint64), np.empty((B, H, L, dw), np.uint64)
         vw = np.empty((B, H, d, lw), np.uint64)
         _check_nan(fused.qkv_binarize(prod, layer["qkv_c"], layer["qkv_b"], layer["qkv_kinds"], layer["qkv_alphas"],
                                       layer["qkv_thr"], L, H, d, qw, kw, vw), p + "Q, K, V")
+        lap(p + "qkv.binarize")
         scores = xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
+        lap(p + "scores")
         pw = np.empty((B, H, L, lw), np.uint64)
         probs = layer["probs"]
         if probs is None:  # BiBERT: A = bool(scores), no softmax
@@ -222,8 +274,10 @@ class PackedBert:
                        p + "attention probabilities")
             ctx_value = probs.value * layer["qkv_acts"][2].value
             use_and = probs.spec.product == "and"
+        lap(p + "probs")
         bmm = and_bmm if use_and else xnor_bmm
         ctx = bmm(pw, vw, L, backend=self.backend).numpy()  # [B, H, L, d]
+        lap(p + "context")
         if trace is not None:
             for j, name in enumerate(("query", "key", "value")):
                 trace[p + name] = torch.from_numpy(prod[j].reshape(B, L, -1))
@@ -233,13 +287,17 @@ class PackedBert:
         words = np.empty((B * L, words_for(H * d)), np.uint64)
         _check_nan(fused.context_binarize(ctx, np.ascontiguousarray(ctx_value), out_lin.act.code, out_lin.act.alpha,
                                           out_lin.act.thr, words), p + "attention output input")
+        lap(p + "attn_out.pack")
         return words
 
-    def _ffn(self, layer: dict, h: np.ndarray, trace: dict | None) -> np.ndarray:
+    def _ffn(self, layer: dict, h: np.ndarray, trace: dict | None, lap=_no_lap) -> np.ndarray:
         """h [B*L, D] (after the attention's LayerNorm) -> the FFN block's output, LayerNorm included."""
         p = layer["prefix"]
         inter, out_lin = self.linears[p + "intermediate"], self.linears[p + "output"]
-        prod = inter.product(self._binarize(h, inter.act, p + "intermediate input"), self.backend)
+        bits = self._binarize(h, inter.act, p + "intermediate input")
+        lap(p + "ffn1.pack")
+        prod = inter.product(bits, self.backend)
+        lap(p + "ffn1.gemm")
         words = np.empty((h.shape[0], words_for(inter.n)), np.uint64)
         act = out_lin.act
         if self.config.quant.ffn_act == "relu":  # ReLU and the binarizer in one pass: {0, alpha} (BiT) or signs
@@ -249,39 +307,50 @@ class PackedBert:
             y = np.empty(prod.shape, self._np)
             fused.affine(prod, inter.c, inter.bias, y)
             words = self._binarize(F.gelu(torch.from_numpy(y)).numpy(), act, p + "FFN output input")
+        lap(p + "ffn1.act")
         prod2 = out_lin.product(words, self.backend)
+        lap(p + "ffn2.gemm")
         if trace is not None:
             trace[p + "intermediate"] = torch.from_numpy(prod)
             trace[p + "output"] = torch.from_numpy(prod2)
         y = np.empty(h.shape, self._np)
         fused.affine_residual(prod2, out_lin.c, out_lin.bias, h, y)
-        return self._layer_norm(y, layer["ffn_ln"])
+        out = self._layer_norm(y, layer["ffn_ln"])
+        lap(p + "ffn2.ln")
+        return out
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 token_type_ids: torch.Tensor | None = None, trace: dict | None = None) -> torch.Tensor:
-        """The logits ``(B, num_labels)`` in ``dtype``. ``trace``: a dict that receives every int32 product."""
+                 token_type_ids: torch.Tensor | None = None, trace: dict | None = None,
+                 timings: dict | None = None) -> torch.Tensor:
+        """The logits ``(B, num_labels)`` in ``dtype``. ``trace``: a dict that receives every int32 product;
+        ``timings``: a dict to which the seconds of every step (:data:`STEPS`) are added."""
+        lap = _no_lap if timings is None else _Laps(timings)
         input_ids, attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
         B, L = input_ids.shape
         D = self.config.hidden_size
+        m = attention_mask.to(self.dtype)
+        mask = np.ascontiguousarray(((1.0 - m) * MASK_VALUE).numpy())  # [B, L], the model's additive mask
+        valid = np.ascontiguousarray(attention_mask.numpy() != 0)
+        lap("inputs")
         x = np.empty((B, L, D), self._np)
         fused.embed(input_ids.contiguous().numpy(), token_type_ids.contiguous().numpy(), self.word_bits, self.word_scale, self.position,
                     self.token_type, x)
         h = self._layer_norm(x, self.emb_ln).reshape(B * L, D)
-        m = attention_mask.to(self.dtype)
-        mask = np.ascontiguousarray(((1.0 - m) * MASK_VALUE).numpy())  # [B, L], the model's additive mask
-        valid = np.ascontiguousarray(attention_mask.numpy() != 0)
+        lap("embeddings")
         for layer in self.layers:
             p = layer["prefix"]
-            words = self._attention(layer, h, B, L, mask, valid, trace)
+            words = self._attention(layer, h, B, L, mask, valid, trace, lap)
             lin = self.linears[p + "attention_output"]
             prod = lin.product(words, self.backend)
+            lap(p + "attn_out.gemm")
             if trace is not None:
                 trace[p + "attention_output"] = torch.from_numpy(prod)
             y = np.empty(h.shape, self._np)
             fused.affine_residual(prod, lin.c, lin.bias, h, y)
             h = self._layer_norm(y, layer["attention_ln"])
-            h = self._ffn(layer, h, trace)
+            lap(p + "attn_out.ln")
+            h = self._ffn(layer, h, trace, lap)
         pooler = self.linears["pooler"]
         cls = np.ascontiguousarray(h.reshape(B, L, D)[:, 0])
         prod = pooler.product(self._binarize(cls, pooler.act, "pooler input"), self.backend)
@@ -290,8 +359,11 @@ class PackedBert:
         y = np.empty((B, D), self._np)
         fused.affine(prod, pooler.c, pooler.bias, y)
         pooled = torch.tanh(torch.from_numpy(y))
+        lap("pooler")
         w, b = self.classifier
-        return (pooled[:, None, :] * w[None]).sum(-1) + b  # the FP classifier, without a matrix product
+        logits = (pooled[:, None, :] * w[None]).sum(-1) + b  # the FP classifier, without a matrix product
+        lap("classifier")
+        return logits
 
 
 def load_engine(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, backend: str | None = None) -> PackedBert:

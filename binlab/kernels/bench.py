@@ -63,6 +63,11 @@ MAX_SPREAD = 0.25  # (p75 - p25) / median of a method above this: the shape is m
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["gemm"], help="what to benchmark (gemm: all products)")
+    add_options(parser)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``binlab bench gemm`` (also read by ``binlab bench``'s dispatcher, binlab.infer.bench)."""
     parser.add_argument("--quick", action="store_true",
                         help="a short run: M in {1, 128}, (K, N) = (768, 768), 12 heads, 5 rounds")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
