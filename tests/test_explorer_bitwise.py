@@ -90,3 +90,13 @@ def test_the_recorded_tables_of_docs():
     measured = W.latency_rows(rows)
     assert {r["method"] for r in measured} >= {"binlab_bit", "torch_fp32"} and all(r["shape"] for r in measured)
     assert W.latency_figure(lat).layout.yaxis.type == "log"
+
+
+def test_the_size_breakdown_adds_up_to_the_tensors(path):
+    from binlab.infer.packed import load_packed as load
+
+    parts = {r["part"]: r for r in W.size_breakdown(path.packed)}
+    total = sum(int(t.nbytes) for t in load(path.packed).tensors.values())
+    assert sum(r["bytes"] for r in parts.values()) == total and abs(sum(r["share"] for r in parts.values()) - 1) < 1e-9
+    assert parts["word embedding: sign bits"]["bytes"] == 30522 * 1 * 8  # hidden 64: one word per row
+    assert parts["encoder and pooler weights: sign bits"]["bytes"] == 8 * (2 * (4 * 64 + 2 * 128) + 64)

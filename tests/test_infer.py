@@ -253,6 +253,31 @@ def test_hidden_sizes_that_are_not_multiples_of_64(tmp_path):
         assert torch.equal(got.argmax(-1), ref.argmax(-1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_bits_equal_the_direct_softmax(dtype):
+    """fused.softmax_binarize's table path (few exps, a threshold on P) gives exactly the bits of one exp per score
+    (fused._softmax_reference), with and without padding, at thresholds that cut through the rows, and falls back
+    to the direct path for a mask of many values or a scale that is not positive."""
+    from binlab.infer import fused
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        B, H, L, d = 2, 3, (5, 64, 65, 128)[trial % 4], (8, 32, 70)[trial % 3]
+        scores = (2 * rng.binomial(d, 0.5, (B, H, L, L)) - d).astype(np.int32)
+        real = np.arange(L)[None] < rng.integers(1, L + 1, (B, 1))
+        mask = np.where(real, 0.0, -10000.0).astype(dtype)
+        if trial == 5:
+            mask = rng.normal(size=(B, L)).astype(dtype)  # many mask values: the direct path
+        c = np.array([rng.uniform(0.05, 2.0) if trial != 7 else -0.5], dtype)  # c < 0: the direct path
+        sqrt_d = np.array([np.sqrt(d)], dtype)
+        for alpha in (2.0 / L, 0.3 / L, 1e-3):
+            for kind in (2, 0):
+                a = np.array([alpha], dtype)
+                got, want = (np.full((B, H, L, (L + 63) // 64), 7, np.uint64) for _ in range(2))
+                assert fused.softmax_binarize(scores, c, sqrt_d, mask, kind, a, got) == 0
+                assert fused._softmax_reference(scores, c, sqrt_d, mask, kind, a, want) == 0
+                assert np.array_equal(got, want), (trial, alpha, kind)
+
+
 FLOAT_PRODUCTS = [(torch, "matmul"), (torch, "mm"), (torch, "bmm"), (torch, "addmm"), (torch, "einsum"),
                   (F, "linear"), (torch.Tensor, "__matmul__"), (torch.Tensor, "matmul"), (torch.Tensor, "mm"),
                   (torch.Tensor, "bmm")]

@@ -43,7 +43,7 @@ from binlab.tokenizer import BertTokenizer, load_tokenizer
 from binlab.train.trainer import TrainConfig
 
 __all__ = ["W1A1_RUNS", "SHORT_RUN", "SENTENCES", "W1A1Path", "finished_w1a1_runs", "w1a1_path", "size_rows",
-           "size_figure", "check_agreement", "recorded_table", "accuracy_rows", "accuracy_figure", "latency_rows",
+           "size_breakdown", "size_figure", "check_agreement", "recorded_table", "accuracy_rows", "accuracy_figure", "latency_rows",
            "latency_figure", "layer_bits", "bit_image_figure", "make_sentence_explorer"]
 
 #: Finished W1A1 SST-2 runs the chapter can use in full mode: (run folder under the checkout, stage). The one with
@@ -212,6 +212,26 @@ def size_rows(path: W1A1Path) -> list[dict]:
         rows.append({"model": label, "bytes": size, "ideal bytes": ideal, "over the ideal": size / ideal - 1,
                      "smaller than fp32": fp32 / size})
     return rows
+
+
+#: What the bytes of a packed model hold: (label, test on a tensor name), first match wins.
+_PARTS = (("word embedding: sign bits", lambda n: n == "embeddings.word.bits"),
+          ("word embedding: one scale per row", lambda n: n.startswith("embeddings.word.")),
+          ("encoder and pooler weights: sign bits", lambda n: n.endswith(".bits")),
+          ("position and token-type embeddings", lambda n: n in ("embeddings.position", "embeddings.token_type")),
+          ("LayerNorms", lambda n: "_ln." in n or n.startswith("embeddings.ln.")),
+          ("classifier", lambda n: n.startswith("classifier")),
+          ("biases, weight scales, activation scales and thresholds", lambda n: True))
+
+
+def size_breakdown(folder: str | os.PathLike) -> list[dict]:
+    """Bytes of each part of a packed model's tensors (not counting the file's header), largest first."""
+    parts: dict[str, int] = {}
+    for name, t in load_packed(folder).tensors.items():
+        label = next(label for label, test in _PARTS if test(name))
+        parts[label] = parts.get(label, 0) + int(t.nbytes)
+    total = sum(parts.values())
+    return [{"part": k, "bytes": v, "share": v / total} for k, v in sorted(parts.items(), key=lambda kv: -kv[1])]
 
 
 def file_bytes_of(folder: Path) -> int:

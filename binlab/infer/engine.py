@@ -250,7 +250,9 @@ class PackedBert:
                    trace: dict | None, lap=_no_lap) -> np.ndarray:
         """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)]."""
         p, H, d = layer["prefix"], self.num_heads, self.head_size
-        x = np.stack([self._binarize(h, a, p + "qkv input") for a in layer["qkv_inputs"]])  # [3, B*L, DW]
+        x = np.empty((3, h.shape[0], words_for(h.shape[1])), np.uint64)  # [3, B*L, DW]: written in place
+        for j, a in enumerate(layer["qkv_inputs"]):
+            _check_nan(fused.binarize_rows(h, a.code, a.alpha, a.thr, x[j]), p + "qkv input")
         lap(p + "qkv.pack")
         prod = xnor_bmm(x, layer["qkv_weight"], self.config.hidden_size, backend=self.backend).numpy()
         lap(p + "qkv.gemm")

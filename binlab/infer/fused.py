@@ -27,6 +27,7 @@ the number of NaNs they met, for the caller to raise on (a NaN has no bit).
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 from numba import njit
@@ -60,6 +61,42 @@ def _bit(v, kind, alpha):
     if kind == 2:
         return v / alpha > 0.5
     return v >= 0
+
+
+_LITTLE = sys.byteorder == "little"
+_MAGIC = np.uint64(0x0102040810204080)  # (8 bytes of 0 / 1) * _MAGIC >> 56: byte g's bit at bit g (little-endian)
+
+
+@njit(cache=True, inline="always")
+def _bytes(n):
+    """A zeroed byte per bit for ``n`` bits, padded to whole words (the kernels' scratch row)."""
+    return np.zeros(64 * ((n + 63) // 64) + 64, np.uint8)
+
+
+@njit(cache=True, inline="always")
+def _pack(bits, b8, start, count):
+    """One word from ``count`` <= 64 bytes of 0 / 1 at ``bits[start:]`` (bit t = byte start + t); ``b8`` is
+    ``bits`` viewed as uint64: 8 bytes at a time with one multiply where ``start`` is a multiple of 8."""
+    word = np.uint64(0)
+    t = 0
+    if _LITTLE and (start & 7) == 0:
+        g0 = start >> 3
+        for g in range(count >> 3):
+            word |= ((b8[g0 + g] * _MAGIC) >> np.uint64(56)) << np.uint64(8 * g)
+        t = count & ~7
+    for k in range(t, count):
+        word |= np.uint64(bits[start + k]) << np.uint64(k)
+    return word
+
+
+@njit(cache=True, inline="always")
+def _row_bits(v, kind, a, bits, n):
+    """``bits[n]`` = the bit of ``v``; returns 1 for a NaN (kept branch-free, so that the loops vectorize)."""
+    if kind == 2:
+        bits[n] = v / a > 0.5
+    else:
+        bits[n] = v >= 0
+    return v != v
 
 
 @njit(cache=True)
@@ -145,38 +182,133 @@ def qkv_binarize(prod, c, b, kinds, alphas, thr, L, H, d, q_out, k_out, v_out):
 
     Q and K go to ``[B, H, L, ceil(d / 64)]`` (packed along the head dimension, for Q K^T); V to
     ``[B, H, d, ceil(L / 64)]`` (packed along the tokens, for probs @ V). Returns the NaN count.
+
+    Every loop runs along the contiguous channels of a row: Q and K as a byte per bit, then per head up to 64
+    bytes to a word (:func:`_pack`); V into one word per channel (``acc``), bit ``l % 64`` for token l, written
+    out when 64 tokens (or the sequence) are done.
     """
-    R = prod.shape[1]
+    R, A = prod.shape[1], prod.shape[2]
+    dw = q_out.shape[3]
+    bits = _bytes(A)
+    b8 = bits.view(np.uint64)
     n_nan = 0
-    v_out[:] = 0
-    for j in range(3):
+    for j in range(2):
         kind = kinds[j]
         a = alphas[j]
+        out = q_out if j == 0 else k_out
+        pj, cj, bj, tj = prod[j], c[j], b[j], thr[j]
         for r in range(R):
             bb = r // L
             l = r - bb * L
+            pr = pj[r]
+            if kind == 2:
+                for n in range(A):
+                    n_nan += _row_bits((_like(c, pr[n]) * cj[n] + bj[n]) + tj[n], 2, a, bits, n)
+            else:
+                for n in range(A):
+                    n_nan += _row_bits((_like(c, pr[n]) * cj[n] + bj[n]) + tj[n], 0, a, bits, n)
             for h in range(H):
-                word = np.uint64(0)
+                for w in range(dw):
+                    out[bb, h, l, w] = _pack(bits, b8, h * d + 64 * w, min(64, d - 64 * w))
+    kind = kinds[2]
+    a = alphas[2]
+    pj, cj, bj, tj = prod[2], c[2], b[2], thr[2]
+    acc = np.zeros(A, np.uint64)
+    for r in range(R):
+        bb = r // L
+        l = r - bb * L
+        sh = np.uint64(l & 63)
+        pr = pj[r]
+        if kind == 2:
+            for n in range(A):
+                v = (_like(c, pr[n]) * cj[n] + bj[n]) + tj[n]
+                n_nan += v != v
+                acc[n] |= np.uint64(v / a > 0.5) << sh
+        else:
+            for n in range(A):
+                v = (_like(c, pr[n]) * cj[n] + bj[n]) + tj[n]
+                n_nan += v != v
+                acc[n] |= np.uint64(v >= 0) << sh
+        if (l & 63) == 63 or l == L - 1:
+            lw = l >> 6
+            for h in range(H):
                 for e in range(d):
-                    n = h * d + e
-                    y = _like(c, prod[j, r, n]) * c[j, n] + b[j, n]
-                    v = y + thr[j, n]
-                    if v != v:
-                        n_nan += 1
-                    on = _bit(v, kind, a)
-                    if j == 2:
-                        if on:
-                            v_out[bb, h, e, l >> 6] |= _ONE << np.uint64(l & 63)
-                    else:
-                        if on:
-                            word |= _ONE << np.uint64(e & 63)
-                        if (e & 63) == 63 or e == d - 1:
-                            if j == 0:
-                                q_out[bb, h, l, e >> 6] = word
-                            else:
-                                k_out[bb, h, l, e >> 6] = word
-                            word = np.uint64(0)
+                    v_out[bb, h, e, lw] = acc[h * d + e]
+                    acc[h * d + e] = 0
     return n_nan
+
+
+@njit(cache=True)
+def _softmax_direct(scores, b, cc, sd, mask, kind, a, out, row):
+    """:func:`softmax_binarize` for batch row ``b``, computed directly (one exp per score): the reference the
+    table path below reproduces bit for bit, and what runs when its conditions do not hold. The float types are
+    numba's unification of the expressions, as written: ``top`` and ``total`` float64, ``row`` the mask's dtype."""
+    _, H, L, _ = scores.shape
+    one = _like(mask, 1)
+    n_nan = 0
+    for h in range(H):
+        for i in range(L):
+            top = -np.inf
+            for j in range(L):
+                s = (_like(mask, scores[b, h, i, j]) * cc) / sd + mask[b, j]
+                row[j] = s
+                if s > top:
+                    top = s
+            total = _like(mask, 0)
+            for j in range(L):
+                e = math.exp(row[j] - top)
+                row[j] = e
+                total += e
+            inv = one / total
+            for w in range(out.shape[3]):
+                word = np.uint64(0)
+                for jj in range(min(64, L - 64 * w)):
+                    p = row[64 * w + jj] * inv
+                    if p != p:
+                        n_nan += 1
+                    if _bit(p, kind, a):
+                        word |= _ONE << np.uint64(jj)
+                out[b, h, i, w] = word
+    return n_nan
+
+
+@njit(cache=True)
+def _softmax_reference(scores, c, sqrt_d, mask, kind, alpha, out):
+    """:func:`softmax_binarize` with one exp per score, every batch row (for the tests)."""
+    row = np.empty(scores.shape[3], mask.dtype)
+    n_nan = 0
+    for b in range(scores.shape[0]):
+        n_nan += _softmax_direct(scores, b, c[0], sqrt_d[0], mask, kind, alpha[0], out, row)
+    return n_nan
+
+
+_MAX_CLASSES = 4  # distinct mask values of one batch row the table path handles
+_MAX_KEYS = 1024  # (mask value, score) pairs of one batch row it handles (tables of nk^2 float64 + nk^2 mask dtype)
+
+
+@njit(cache=True)
+def _mask_classes(mask, b, cls, u):
+    """The distinct values of ``mask[b]`` (by bits: +0 and -0 apart) into ``u``, each key's index into ``cls``;
+    the number of values, or -1 if there are more than ``len(u)``."""
+    nu = 0
+    for j in range(mask.shape[1]):
+        m = mask[b, j]
+        found = -1
+        for q in range(nu):
+            if m == u[q] and math.copysign(1.0, m) == math.copysign(1.0, u[q]):
+                found = q
+                break
+        if found < 0:
+            if nu == u.shape[0]:
+                return -1
+            u[nu] = m
+            found = nu
+            nu += 1
+        cls[j] = found
+    return nu
+
+
+_NONE = np.int64(-(1 << 40))  # below every int32 score
 
 
 @njit(cache=True)
@@ -185,38 +317,153 @@ def softmax_binarize(scores, c, sqrt_d, mask, kind, alpha, out):
 
     ``scores [B, H, L, L]`` int32, ``mask [B, L]`` additive (0 or -10000), ``out [B, H, L, ceil(L / 64)]``.
     Softmax as torch computes it: ``exp(s - max s) * (1 / sum)``. Returns the NaN count.
+
+    The bits are exactly those of :func:`_softmax_direct` (one ``exp`` per score, its float types included), from
+    far fewer exps and no division per score. Per batch row: a score is an integer P in [P_min, P_max] and a
+    key's mask one of a few values (its class q), so s takes the values ``S[q * NP + P - P_min]`` of a small table.
+    With c > 0 and sqrt(d) > 0, s is nondecreasing in P (every rounding is), so a row's maximum is the S of the
+    largest P of one of its classes (integer maxima), and ``exp(S[k] - S[top])`` is a table, filled once for each
+    top that occurs. The sum still runs over the keys in order, in float64 (four rows at a time: independent
+    chains). The bit of ``(Es * inv) / alpha > 1/2`` is nondecreasing in Es (inv > 0, alpha > 0), and Es, checked
+    once per table, in P within a class: so the bits of a row are ``P >= P*_q``, P*_q found by a binary search
+    over the table with the direct path's float operations. A batch row with more than :data:`_MAX_CLASSES` mask
+    values, a table over :data:`_MAX_KEYS`, a non-finite S, c, sqrt(d) or alpha not > 0, or a table that is not
+    monotone runs the direct path.
     """
     B, H, L, _ = scores.shape
     cc = c[0]
     sd = sqrt_d[0]
     a = alpha[0]
+    nw = out.shape[3]
     row = np.empty(L, mask.dtype)
+    cls = np.empty(L, np.int64)
+    u = np.empty(_MAX_CLASSES, mask.dtype)
+    pmaxes = np.empty((H, L, _MAX_CLASSES), np.int64)
+    tops = np.empty((H, L), np.int64)
+    totals = np.empty(L, np.float64)
+    pth = np.empty(_MAX_CLASSES, np.int64)
+    kth = np.empty(L, np.int64)
+    coff = np.empty(L, np.int64)
+    zero = np.float64(_like(mask, 0))
     one = _like(mask, 1)
     n_nan = 0
     for b in range(B):
+        nu = _mask_classes(mask, b, cls, u)
+        if nu < 1 or not (cc > 0 and sd > 0 and a > 0):
+            n_nan += _softmax_direct(scores, b, cc, sd, mask, kind, a, out, row)
+            continue
+        # the largest P of each class per row (every class has a key), the smallest and largest P
+        pmin = np.int64(scores[b, 0, 0, 0])
+        pmax = pmin
         for h in range(H):
             for i in range(L):
-                top = -np.inf
+                sr = scores[b, h, i]
+                lo = np.int64(sr[0])
+                if nu == 1:
+                    mx = lo
+                    for j in range(L):
+                        lo = min(lo, np.int64(sr[j]))
+                        mx = max(mx, np.int64(sr[j]))
+                    pmaxes[h, i, 0] = mx
+                    pmax = max(pmax, mx)
+                else:
+                    for j in range(L):
+                        lo = min(lo, np.int64(sr[j]))
+                    for q in range(nu):
+                        mx = _NONE
+                        for j in range(L):
+                            v = np.int64(sr[j]) if cls[j] == q else _NONE
+                            mx = max(mx, v)
+                        pmaxes[h, i, q] = mx
+                        pmax = max(pmax, mx)
+                pmin = min(pmin, lo)
+        NP = pmax - pmin + 1
+        nk = NP * nu
+        ok = nk <= _MAX_KEYS
+        if ok:
+            S = np.empty(nk, mask.dtype)
+            for q in range(nu):
+                for p in range(NP):
+                    s = (_like(mask, pmin + p) * cc) / sd + u[q]
+                    if not (s - s == 0):  # inf or NaN
+                        ok = False
+                    S[q * NP + p] = s
+        if ok:
+            E = np.empty((nk, nk), np.float64)  # E[t, k] = exp(S[k] - S[t]) as the direct path computes it
+            Es = np.empty((nk, nk), mask.dtype)  # ... stored in the mask's dtype, as its row[j]
+            done = np.zeros(nk, np.bool_)
+            for h in range(H):
+                for i in range(L):
+                    t = -1
+                    for q in range(nu):
+                        kq = q * NP + (pmaxes[h, i, q] - pmin)
+                        if t < 0 or S[kq] > S[t]:
+                            t = kq
+                    tops[h, i] = t
+                    if not done[t]:
+                        top = np.float64(S[t])
+                        for k in range(nk):
+                            e = math.exp(S[k] - top)
+                            E[t, k] = e
+                            Es[t, k] = e
+                        for q in range(nu):
+                            for p in range(1, NP):
+                                if Es[t, q * NP + p] < Es[t, q * NP + p - 1]:
+                                    ok = False
+                        done[t] = True
+        if not ok:
+            n_nan += _softmax_direct(scores, b, cc, sd, mask, kind, a, out, row)
+            continue
+        for j in range(L):
+            coff[j] = cls[j] * NP - pmin
+        for h in range(H):
+            i = 0
+            while i + 4 <= L:
+                e0, e1, e2, e3 = E[tops[h, i]], E[tops[h, i + 1]], E[tops[h, i + 2]], E[tops[h, i + 3]]
+                s0 = s1 = s2 = s3 = zero
                 for j in range(L):
-                    s = (_like(mask, scores[b, h, i, j]) * cc) / sd + mask[b, j]
-                    row[j] = s
-                    if s > top:
-                        top = s
-                total = _like(mask, 0)
+                    cj = coff[j]
+                    s0 += e0[cj + scores[b, h, i, j]]
+                    s1 += e1[cj + scores[b, h, i + 1, j]]
+                    s2 += e2[cj + scores[b, h, i + 2, j]]
+                    s3 += e3[cj + scores[b, h, i + 3, j]]
+                totals[i], totals[i + 1], totals[i + 2], totals[i + 3] = s0, s1, s2, s3
+                i += 4
+            while i < L:
+                e0 = E[tops[h, i]]
+                s0 = zero
                 for j in range(L):
-                    e = math.exp(row[j] - top)
-                    row[j] = e
-                    total += e
-                inv = one / total
-                for w in range(out.shape[3]):
-                    word = np.uint64(0)
-                    for jj in range(min(64, L - 64 * w)):
-                        p = row[64 * w + jj] * inv
-                        if p != p:
-                            n_nan += 1
-                        if _bit(p, kind, a):
-                            word |= _ONE << np.uint64(jj)
-                    out[b, h, i, w] = word
+                    s0 += e0[coff[j] + scores[b, h, i, j]]
+                totals[i] = s0
+                i += 1
+            for i in range(L):
+                inv = one / totals[i]
+                est = Es[tops[h, i]]
+                for q in range(nu):  # the first P of class q whose bit is 1 (P_max + 1 if none)
+                    lo, hi = 0, NP
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if _bit(est[q * NP + mid] * inv, kind, a):
+                            hi = mid
+                        else:
+                            lo = mid + 1
+                    pth[q] = pmin + lo
+                if nu == 1:
+                    th = pth[0]
+                    for w in range(nw):
+                        word = np.uint64(0)
+                        for jj in range(min(64, L - 64 * w)):
+                            word |= np.uint64(np.int64(scores[b, h, i, 64 * w + jj]) >= th) << np.uint64(jj)
+                        out[b, h, i, w] = word
+                else:
+                    for j in range(L):
+                        kth[j] = pth[cls[j]]
+                    for w in range(nw):
+                        word = np.uint64(0)
+                        for jj in range(min(64, L - 64 * w)):
+                            j = 64 * w + jj
+                            word |= np.uint64(np.int64(scores[b, h, i, j]) >= kth[j]) << np.uint64(jj)
+                        out[b, h, i, w] = word
     return n_nan
 
 
@@ -241,22 +488,28 @@ def bool_binarize(scores, zero_to_one, valid, out):
 @njit(cache=True)
 def context_binarize(ctx, c, kind, alpha, thr, out):
     """The attention output's input bits: ``y = c P`` for ``P [B, H, L, d]`` (heads concatenated: channel h d + e),
-    bits of ``y + thr`` into ``out [B * L, ceil(H d / 64)]``. Returns the NaN count."""
+    bits of ``y + thr`` into ``out [B * L, ceil(H d / 64)]``. Returns the NaN count.
+
+    Per token: a byte per bit of every channel (contiguous along e), then 64 bytes to a word (:func:`_pack`)."""
     B, H, L, d = ctx.shape
+    A = H * d
     cc = c[0]
     a = alpha[0]
+    bits = _bytes(A)
+    b8 = bits.view(np.uint64)
     n_nan = 0
     for b in range(B):
         for l in range(L):
             r = b * L + l
-            for w in range(out.shape[1]):
-                out[r, w] = 0
             for h in range(H):
-                for e in range(d):
-                    n = h * d + e
-                    v = _like(c, ctx[b, h, l, e]) * cc + thr[n]
-                    if v != v:
-                        n_nan += 1
-                    if _bit(v, kind, a):
-                        out[r, n >> 6] |= _ONE << np.uint64(n & 63)
+                ch = ctx[b, h, l]
+                base = h * d
+                if kind == 2:
+                    for e in range(d):
+                        n_nan += _row_bits(_like(c, ch[e]) * cc + thr[base + e], 2, a, bits, base + e)
+                else:
+                    for e in range(d):
+                        n_nan += _row_bits(_like(c, ch[e]) * cc + thr[base + e], 0, a, bits, base + e)
+            for w in range(out.shape[1]):
+                out[r, w] = _pack(bits, b8, 64 * w, min(64, A - 64 * w))
     return n_nan
