@@ -86,7 +86,7 @@ def test_the_recorded_tables_of_docs():
                           {"shape, workload": "", "method": "onnx_int8", "latency (ms)": "–"}])
     assert lat == [{"shape": "MiniLM 1 × 128", "method": "torch_fp32", "ms": 15.2},
                    {"shape": "MiniLM 1 × 128", "method": "binlab_bit", "ms": 3.1}]
-    text, rows = W.recorded_table("benchmarks.md", "Whole model: `binlab bench model`")
+    text, rows = W.recorded_table("benchmarks.md", "One thread, after the fused-kernel work")
     measured = W.latency_rows(rows)
     assert {r["method"] for r in measured} >= {"binlab_bit", "torch_fp32"} and all(r["shape"] for r in measured)
     assert W.latency_figure(lat).layout.yaxis.type == "log"

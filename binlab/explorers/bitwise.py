@@ -43,7 +43,8 @@ from binlab.tokenizer import BertTokenizer, load_tokenizer
 from binlab.train.trainer import TrainConfig
 
 __all__ = ["W1A1_RUNS", "SHORT_RUN", "SENTENCES", "W1A1Path", "finished_w1a1_runs", "w1a1_path", "size_rows",
-           "size_breakdown", "size_figure", "check_agreement", "recorded_table", "accuracy_rows", "accuracy_figure", "latency_rows",
+           "size_breakdown", "size_figure", "check_agreement", "recorded_table", "accuracy_rows", "accuracy_figure",
+           "latency_rows",
            "latency_figure", "layer_bits", "bit_image_figure", "make_sentence_explorer"]
 
 #: Finished W1A1 SST-2 runs the chapter can use in full mode: (run folder under the checkout, stage). The one with
@@ -350,7 +351,8 @@ def latency_figure(rows: list[dict]):
     for method in dict.fromkeys(r["method"] for r in rows):
         ms = {r["shape"]: r["ms"] for r in rows if r["method"] == method}
         fig.add_trace(go.Bar(x=shapes, y=[ms.get(s) for s in shapes], name=method))
-    fig.update_layout(title="Latency of one forward pass (docs/benchmarks.md's first model table)", barmode="group",
+    fig.update_layout(title="Latency of one forward pass, one thread (docs/benchmarks.md, after the fused-kernel work)",
+                      barmode="group",
                       xaxis_title="batch x tokens", yaxis_title="milliseconds (log scale)", yaxis_type="log",
                       height=460, legend=dict(orientation="h", y=-0.3))
     return fig
