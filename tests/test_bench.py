@@ -44,7 +44,17 @@ def test_quick_run_writes_json(tmp_path, capsys):
         packed = "binlab_linear" if r["kind"] == "linear" else "binlab_packed"
         assert packed in r["times_s"]
     assert data["popcount_limit"]["gops_all_cores"] > 0
+    assert data["popcount_limit"]["measurements"] == 1 + len(data["results"])  # again after every shape
     assert data["summary"]["geomean_ratio_prepacked_m_ge_128"] > 0
+
+
+def test_the_popcount_limit_keeps_the_best_measurement():
+    from binlab.kernels.bench import best_limit
+
+    a = {"gops_one_core": 10.0, "gops_all_cores": 15.0, "threads": 2}
+    b = {"gops_one_core": 12.0, "gops_all_cores": 14.0, "threads": 2}
+    assert best_limit(best_limit(a, b), a) == {"gops_one_core": 12.0, "gops_all_cores": 15.0, "threads": 2,
+                                               "measurements": 3}
 
 
 def test_summarize_uses_paired_medians():

@@ -288,10 +288,10 @@ def attention_methods(heads: int, product: str, seed: int = 0) -> dict:
 
 
 def popcount_limit(seconds: float = 0.2) -> dict:
-    """The machine's measured xor+popcount+add throughput on registers (binary GOPS)."""
+    """The machine's measured xor+popcount+add throughput on registers (binary GOPS): the best of 3 tries.
 
-
-
+    A measurement on a busy machine comes out low, so :func:`run` measures it again after every shape (interleaved
+    with the GEMMs) and keeps the maximum (:func:`best_limit`): an upper bound the GEMMs can be held against."""
     threads = numba.get_num_threads()
     _gemm.popcount_peak_range(1000, 1)
     _gemm.popcount_peak_parallel(threads, 1000, 1)
@@ -309,6 +309,13 @@ def popcount_limit(seconds: float = 0.2) -> dict:
         _gemm.popcount_peak_parallel(threads, n_iter, 1)
         best_all = max(best_all, 2 * steps * n_iter * threads / (time.perf_counter() - start) / 1e9)
     return {"gops_one_core": best_one, "gops_all_cores": best_all, "threads": threads}
+
+
+def best_limit(a: dict, b: dict) -> dict:
+    """The larger of two :func:`popcount_limit` measurements, field by field; ``measurements`` counts them."""
+    return {"gops_one_core": max(a["gops_one_core"], b["gops_one_core"]),
+            "gops_all_cores": max(a["gops_all_cores"], b["gops_all_cores"]), "threads": a["threads"],
+            "measurements": a.get("measurements", 1) + b.get("measurements", 1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,6 +401,7 @@ def run(args) -> int:
         else:
             methods = attention_methods(shape["heads"], shape["product"])
         measured = measure_shape(methods, rounds, retries, args.max_foreign)
+        limit = best_limit(limit, popcount_limit(0.02 if quick else 0.05))  # interleaved: the max is the bound
         summary = summarize(measured, _shape_ops(shape))
         results.append({**shape, **summary})
         print(format_row(shape, summary), flush=True)
@@ -415,6 +423,9 @@ def run(args) -> int:
     for key, value in summary.items():
         if value is not None:
             print(f"{key}: {value:.2f}")
+    print(f"popcount limit, the best of {limit['measurements']} measurements interleaved with the shapes: "
+          f"{limit['gops_one_core']:.0f} binary GOPS on one core, {limit['gops_all_cores']:.0f} on "
+          f"{limit['threads']} threads")
     print(f"fraction of the measured popcount limit (best shape): "
           f"{summary['best_binlab_gops'] / limit['gops_all_cores']:.0%}; "
           f"{time.perf_counter() - start:.0f} s")
