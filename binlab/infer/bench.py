@@ -346,30 +346,10 @@ class Setup:
 # timing
 
 
-def _calls_per_sample(fn) -> int:
-    start = time.perf_counter()
-    fn()
-    once = time.perf_counter() - start
-    return max(1, min(1000, int(SAMPLE_SECONDS / max(once, 1e-7))))
-
-
 def time_methods(methods: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each method, one sample per round, methods interleaved in a rotating order."""
-    for fn in methods.values():
-        for _ in range(WARMUP_CALLS):
-            fn()
-    calls = {name: _calls_per_sample(fn) for name, fn in methods.items()}
-    names = list(methods)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            fn, n = methods[name], calls[name]
-            time.sleep(PAUSE_SECONDS)
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - start) / n)
-    return samples
+    """:func:`binlab.kernels.bench.time_methods` with this benchmark's warm-up, pause and sample length."""
+    return gemm_bench.time_methods(methods, rounds, warmup=WARMUP_CALLS, pause=PAUSE_SECONDS,
+                                   sample_seconds=SAMPLE_SECONDS)
 
 
 def measure(methods: dict, rounds: int, retries: int, max_foreign: float) -> dict:

@@ -141,27 +141,31 @@ class ForeignLoad:
 # timing
 
 
-def _calls_per_sample(fn) -> int:
+def _calls_per_sample(fn, sample_seconds: float = SAMPLE_SECONDS) -> int:
     start = time.perf_counter()
     fn()
     once = time.perf_counter() - start
-    return max(1, min(1000, int(SAMPLE_SECONDS / max(once, 1e-7))))
+    return max(1, min(1000, int(sample_seconds / max(once, 1e-7))))
 
 
-def time_methods(methods: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each method, one sample per round, methods interleaved."""
+def time_methods(methods: dict, rounds: int, *, warmup: int = 3, pause: float = PAUSE_SECONDS,
+                 sample_seconds: float = SAMPLE_SECONDS) -> dict[str, list[float]]:
+    """Seconds per call of each method, one sample per round, methods interleaved in a rotating order.
 
-    for fn in methods.values():  # warm up: compile, fill caches, start thread pools
-        for _ in range(3):
+    ``warmup`` calls each first (compile, fill caches, start thread pools); a sample repeats a call until it lasts
+    about ``sample_seconds``, after a ``pause`` that lets the previous method's spinning workers go idle.
+    (``binlab bench model`` uses it with its own, longer settings.)"""
+    for fn in methods.values():
+        for _ in range(warmup):
             fn()
-    calls = {name: _calls_per_sample(fn) for name, fn in methods.items()}
+    calls = {name: _calls_per_sample(fn, sample_seconds) for name, fn in methods.items()}
     names = list(methods)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             fn, n = methods[name], calls[name]
-            time.sleep(PAUSE_SECONDS)
+            time.sleep(pause)
             start = time.perf_counter()
             for _ in range(n):
                 fn()
