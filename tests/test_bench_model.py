@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 
 import pytest
 import torch
@@ -99,6 +100,14 @@ def test_onnx_runtime_missing_is_skipped_with_a_message(tiny, tmp_path, capsys, 
         assert w["ratio_vs_onnx_int8"] == {} and "memory" not in w
         _check_packed(w["checks"], ["binlab_bit", "binlab_bibert"])
         _check_int8(w["checks"], ["torch_int8"])
+
+
+def test_onnx_missing_beside_onnx_runtime_names_onnx(monkeypatch):
+    # onnxruntime present (a stand-in module) but onnx absent: the message names the missing one.
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    module, why = bench.onnx_runtime()
+    assert module is None and why.startswith("ONNX Runtime methods skipped: onnx is not installed")
 
 
 def test_a_packed_folder_as_the_model(tmp_path, capsys, monkeypatch):

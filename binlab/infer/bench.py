@@ -227,8 +227,9 @@ def _torch_int8(model: nn.Module):
 def onnx_runtime():
     """``(onnxruntime, None)``, or ``(None, why)`` when onnxruntime or onnx is not installed."""
     try:
-        importlib.import_module("onnx")  # torch.onnx.export and the quantizer need it
         import onnxruntime
+
+        importlib.import_module("onnx")  # torch.onnx.export and the quantizer need it
     except ImportError as e:
         return None, f"ONNX Runtime methods skipped: {e.name or 'onnxruntime'} is not installed ({ONNX_INSTALL})"
     return onnxruntime, None
