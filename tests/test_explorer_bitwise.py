@@ -47,7 +47,10 @@ def test_layer_bits_are_the_signs_of_the_binarizer(path):
     tokens, bits = W.layer_bits(path, "a fine film", 1)
     assert tokens == ["[CLS]", "a", "fine", "film", "[SEP]"]
     assert bits.shape == (5, 64) and set(np.unique(bits)) <= {0, 1} and 0 < bits.mean() < 1
-    assert next(path.student.parameters()).dtype == torch.float32  # restored after the float64 pass
+    assert next(path.student.parameters()).dtype == torch.float32  # the student itself stays float32
+    copy64 = path.student64()
+    assert next(copy64.parameters()).dtype == torch.float64 and W.layer_bits(path, "a fine film", 0)
+    assert path.student64() is copy64  # made once, not on every widget move
 
 
 def test_moving_the_layer_slider_redraws_the_bit_image(path):

@@ -10,6 +10,7 @@ table of docs/results.md, the latency table of docs/benchmarks.md, and a sentenc
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -76,6 +77,13 @@ class W1A1Path:
     description: str
     student_dir: Path | None = None
     rows: list[dict] = field(default_factory=list)  # the recipe's stages, when it was trained here
+    _student64: BertForSequenceClassification | None = field(default=None, repr=False)
+
+    def student64(self) -> BertForSequenceClassification:
+        """A float64 copy of the student, made once (the bit image reads its decisions on every widget move)."""
+        if self._student64 is None:
+            self._student64 = copy.deepcopy(self.student).double().eval()
+        return self._student64
 
 
 def _best(folder: Path) -> float | None:
@@ -394,11 +402,7 @@ def layer_bits(path: W1A1Path, sentence: str, layer: int) -> tuple[list[str], np
     """The tokens of ``sentence`` and the bits [tokens, hidden] the engine packs at the input of ``layer``'s
     Q/K/V projections (the float64 fake-quant model's, which the engine's equal)."""
     enc = path.tokenizer([sentence], max_length=path.max_length)
-    model64 = path.student.double() if next(path.student.parameters()).dtype != torch.float64 else path.student
-    try:
-        _, calls = record_decisions(model64, dict(enc))
-    finally:
-        path.student.float()
+    _, calls = record_decisions(path.student64(), dict(enc))
     site = f"bert.encoder.layer.{layer}.attention.query.input_quantizer"
     bits = next(c.bits for c in calls if c.site == site)[0]
     tokens = ["[CLS]"] + path.tokenizer.tokenize(sentence)[: path.max_length - 2] + ["[SEP]"]
