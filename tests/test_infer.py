@@ -28,6 +28,8 @@ from binlab.infer.engine import PackedBert
 from binlab.infer.export import export_packed, packed_tensors, resolve_source
 from binlab.infer.packed import CONFIG_FILE, WEIGHTS_FILE, file_bytes, load_packed, size_report
 from binlab.kernels.packing import unpack_signs
+from binlab.methods.binarybert import binary_quant
+from binlab.methods.split_model import build_split_model, split_ternary_model
 from binlab.model import BertForSequenceClassification, tiny_bert
 from binlab.quant.config import QuantConfig
 from binlab.quant.layers import QuantEmbedding, QuantLinear
@@ -48,17 +50,25 @@ CONFIGS = {
 }
 #: one per attention mode
 MODES = {"softmax": "softmax-elastic-gelu", "softmax01": "bit", "bool": "bibert"}
+#: BinaryBERT's split model at W1A1 (two BWN halves per layer; BiT's elastic activations, softmax01, ReLU) and a
+#: GELU variant: the name -> QuantConfig of the configs built with ``split=True``
+SPLIT = {"split": binary_quant(1), "split-gelu": binary_quant(1, ffn_act="gelu")}
+NAMES = [*CONFIGS, *SPLIT]
 
 VOCAB = 300
 GRID = 2.0 ** -12
 
 
 def make_model(quant, *, hidden=64, layers=2, heads=2, inter=128, vocab=VOCAB, max_pos=128, labels=3,
-               dyadic=True, seed=0) -> BertForSequenceClassification:
-    """A random calibrated W1A1 model in eval mode (see the module docstring for ``dyadic``)."""
+               dyadic=True, seed=0, split=False) -> BertForSequenceClassification:
+    """A random calibrated W1A1 model in eval mode (see the module docstring for ``dyadic``); ``split``: BinaryBERT's
+    split model of that shape, its two halves random and calibrated apart (their thresholds differ)."""
     model = tiny_bert(num_labels=labels, quant=quant, seed=seed, vocab_size=vocab, hidden_size=hidden,
                       num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
                       max_position_embeddings=max_pos, dropout=0.0)
+    if split:
+        torch.manual_seed(seed)
+        model = build_split_model(model.config)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -95,6 +105,9 @@ def exported(tmp_path_factory):
     for name, quant in CONFIGS.items():
         model = make_model(quant)
         out[name] = (model, export_packed(model, root / name))
+    for name, quant in SPLIT.items():
+        model = make_model(quant, split=True)
+        out[name] = (model, export_packed(model, root / name))
     return out
 
 
@@ -103,7 +116,11 @@ def exported(tmp_path_factory):
 
 
 def engine_name(module_name: str) -> str | None:
-    """``bert.encoder.layer.0.attention.query`` -> ``layer.0.query``; the pooler -> ``pooler``."""
+    """``bert.encoder.layer.0.attention.query`` -> ``layer.0.query``; the pooler -> ``pooler``; a split layer's
+    halves ``....query.dense_1`` / ``.dense_2`` -> ``layer.0.query`` / ``layer.0.query.half2``."""
+    if module_name.endswith((".dense_1", ".dense_2")):
+        base = engine_name(module_name[: -len(".dense_1")])
+        return None if base is None else base + ("" if module_name.endswith("1") else ".half2")
     parts = module_name.split(".")
     if module_name == "bert.pooler.dense":
         return "pooler"
@@ -175,7 +192,7 @@ def float64(model):
 # exactness
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("L", [37, 70])
 def test_integer_products_equal_the_float64_fake_quant_products(exported, name, L):
     model, folder = exported[name]
@@ -192,7 +209,7 @@ def test_integer_products_equal_the_float64_fake_quant_products(exported, name, 
     assert (trace["layer.1.query"] > 0).any() and (trace["layer.1.query"] < 0).any()
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("L", [37, 70])
 def test_logits_match_the_float64_fake_quant_model(exported, name, L):
     model, folder = exported[name]
@@ -221,7 +238,7 @@ def test_each_attention_mode_in_float32(exported, mode):
     assert float((got.argmax(-1) == ref.argmax(-1)).float().mean()) >= 5 / 6
 
 
-@pytest.mark.parametrize("name", ["bit", "bibert"])
+@pytest.mark.parametrize("name", ["bit", "bibert", "split"])
 def test_padding_changes_nothing(exported, name):
     """Each row of a padded batch gives the logits of the same sentence alone, unpadded."""
     _, folder = exported[name]
@@ -238,8 +255,9 @@ def test_padding_changes_nothing(exported, name):
 def test_hidden_sizes_that_are_not_multiples_of_64(tmp_path):
     """K = 80, 40 (head) and 144 (FFN): the last word of every packed row is partial. The derived scales are not
     exact in float32 here, so the float64 comparison holds to their rounding (~1e-8 relative)."""
-    for name in ("bit", "bibert"):
-        model = make_model(CONFIGS[name], hidden=80, heads=2, inter=144, dyadic=False)
+    for name in ("bit", "bibert", "split"):
+        model = make_model({**CONFIGS, **SPLIT}[name], hidden=80, heads=2, inter=144, dyadic=False,
+                           split=name in SPLIT)
         engine = PackedBert(export_packed(model, tmp_path / name), dtype=torch.float64)
         ids, mask, types = batch(3, 29, seed=5)
         _, expected = reference_products(float64(model), ids, mask, types)
@@ -283,7 +301,7 @@ FLOAT_PRODUCTS = [(torch, "matmul"), (torch, "mm"), (torch, "bmm"), (torch, "add
                   (torch.Tensor, "bmm")]
 
 
-@pytest.mark.parametrize("name", ["bit", "bibert"])
+@pytest.mark.parametrize("name", ["bit", "bibert", "split", "split-gelu"])
 def test_no_float_matrix_product_runs_in_the_forward_pass(exported, name, monkeypatch):
     model, folder = exported[name]
     engine = PackedBert(folder)
@@ -437,12 +455,51 @@ def test_export_refuses_what_the_engine_cannot_run(tmp_path):
     fresh = tiny_bert(quant="bit", vocab_size=VOCAB, max_position_embeddings=64)  # never calibrated
     with pytest.raises(ValueError, match="alpha never saw data"):
         export_packed(fresh, tmp_path / "c")
-    split = make_model(CONFIGS["bit"])
-    split.bert.encoder.layer[0].attention.query = torch.nn.Linear(64, 64)
-    with pytest.raises(ValueError, match="split model"):
-        export_packed(split, tmp_path / "d")
+    odd = make_model(CONFIGS["bit"])
+    odd.bert.encoder.layer[0].attention.query = torch.nn.Linear(64, 64)
+    with pytest.raises(ValueError, match="layer.0.query is a Linear, expected a QuantLinear"):
+        export_packed(odd, tmp_path / "d")
+    half = make_model(SPLIT["split"], split=True)  # one layer of a split model not split
+    half.bert.encoder.layer[1].ffn.output = half.bert.encoder.layer[1].ffn.output.dense_1
+    with pytest.raises(ValueError, match="layer.1.output is a QuantLinear, expected a SplitQuantLinear"):
+        export_packed(half, tmp_path / "f")
+    with pytest.raises(ValueError, match=r"fully binarized W1A1.*A8"):  # BinaryBERT's W1A8: 8-bit activations
+        export_packed(build_split_model(tiny_bert(quant="w1a8", vocab_size=VOCAB, hidden_size=64).config),
+                      tmp_path / "g")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory"):
         export_packed(tmp_path, tmp_path / "e")
+
+
+def test_a_saved_split_model_made_by_ternary_weight_splitting(tmp_path):
+    """BinaryBERT's path: a calibrated ternary W2A1 model, split (binlab.methods.split_model), saved as the recipe
+    saves it, exported from its folder: the engine reproduces the float64 split model and its own float64
+    products, and the packed folder says it is split."""
+    ternary = make_model(replace(SPLIT["split"], weight_bits=2, weight_method="twn", embedding_bits=2))
+    model = split_ternary_model(ternary).eval()
+    ckpt = save_pretrained(model, tmp_path / "run" / "binary_stage2" / "best_model")
+    folder = export_packed(ckpt, tmp_path / "packed")
+    assert json.loads((folder / CONFIG_FILE).read_text())["split"] is True and load_packed(folder).split
+    ids, mask, types = batch(3, 45, seed=11)
+    _, expected = reference_products(float64(model), ids, mask, types)
+    trace = {}
+    got = PackedBert(folder, dtype=torch.float64)(ids, mask, types, trace=trace)
+    assert "layer.1.output.half2" in trace and set(trace) == set(expected)
+    for key, ref in expected.items():
+        assert torch.equal(trace[key].reshape(ref.shape).double(), ref), key
+    with torch.no_grad():
+        ref = float64(model)(ids, mask, types).logits
+    assert float((got - ref).abs().max()) < 1e-6 and torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_load_refuses_a_split_flag_that_does_not_match_the_tensors(exported, tmp_path):
+    for name, flag in (("bit", True), ("split", False)):
+        folder = shutil.copytree(exported[name][1], tmp_path / name)
+        _rewrite_config(folder, split=flag)
+        with pytest.raises(ValueError, match="half2"):
+            load_packed(folder)
+    _rewrite_config(folder, split="yes")
+    with pytest.raises(ValueError, match="'split' must be true or false"):
+        load_packed(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -472,16 +529,20 @@ SHAPES = {"tiny": dict(), "minilm": dict(hidden_size=384, num_hidden_layers=6, n
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("preset", ["bit", "bibert"])
+@pytest.mark.parametrize("preset", ["bit", "bibert", "split"])
 def test_size_on_disk_is_within_5_percent_of_the_ideal(tmp_path, shape, preset):
-    model = tiny_bert(quant=preset, seed=0, **SHAPES[shape]).eval()  # BERT's vocabulary, 512 positions
+    if preset == "split":  # two binary halves per layer: twice the bits, the same FP parts but the biases
+        torch.manual_seed(0)
+        model = build_split_model(tiny_bert(quant=SPLIT["split"], seed=0, **SHAPES[shape]).config).eval()
+    else:
+        model = tiny_bert(quant=preset, seed=0, **SHAPES[shape]).eval()  # BERT's vocabulary, 512 positions
     ids, mask, types = batch(2, 16, vocab=model.config.vocab_size)
     calibrate(model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     fp32_file = save_pretrained(model, tmp_path / "fp32") / "model.safetensors"
     for fp16, fp_bytes in ((False, 4), (True, 2)):
         folder = export_packed(model, tmp_path / f"packed{fp_bytes}", fp16=fp16)
         ideal = independent_ideal(model, fp_bytes)
-        assert packed_format.ideal_bytes(model.config, "float16" if fp16 else "float32") == ideal
+        assert packed_format.ideal_bytes(model.config, "float16" if fp16 else "float32", preset == "split") == ideal
         size = file_bytes(folder)
         assert ideal <= size <= 1.05 * ideal, (size, ideal)
         assert size_report(folder, fp32_file)["smaller_than_fp32"] > 10

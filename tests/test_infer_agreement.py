@@ -9,6 +9,8 @@ import torch
 
 from binlab.checkpoint import save_pretrained
 from binlab.infer.agreement import Decision, binarization_sites, dev_agreement, record_decisions, trace_flip
+from binlab.methods.binarybert import binary_quant
+from binlab.methods.split_model import build_split_model
 from binlab.model import tiny_bert
 from binlab.quant.config import QuantConfig
 from binlab.tokenizer import load_tokenizer
@@ -20,11 +22,16 @@ SENTENCES = ["a fine film", "dull and long", "the best thing this year", "i hate
 
 
 def trained_like(preset: str, seed: int = 0):
-    """A random calibrated W1A1 model with BERT's vocabulary (the bundled tokenizer encodes real sentences)."""
+    """A random calibrated W1A1 model with BERT's vocabulary (the bundled tokenizer encodes real sentences);
+    ``"split"``: BinaryBERT's W1A1 split model (two halves per binarized layer)."""
     tok = load_tokenizer()
-    model = tiny_bert(num_labels=2, quant=QuantConfig.preset(preset), seed=seed, vocab_size=30522, hidden_size=64,
+    quant = binary_quant(1) if preset == "split" else QuantConfig.preset(preset)
+    model = tiny_bert(num_labels=2, quant=quant, seed=seed, vocab_size=30522, hidden_size=64,
                       num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, max_position_embeddings=64,
                       dropout=0.0)
+    if preset == "split":
+        torch.manual_seed(seed)
+        model = build_split_model(model.config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
@@ -108,7 +115,7 @@ def test_trace_on_a_model_whose_float32_copy_was_perturbed_in_layer_2():
     assert not any(f["explained_by_rounding"] for f in found)  # a changed model, not rounding: the noise is 0.05
 
 
-@pytest.mark.parametrize("preset", ["bit", "bibert"])
+@pytest.mark.parametrize("preset", ["bit", "bibert", "split"])
 def test_dev_agreement_on_a_small_dev_set(tmp_path, preset):
     model, tok = trained_like(preset)
     ckpt = save_pretrained(model, tmp_path / "ckpt", tokenizer=tok)

@@ -16,5 +16,6 @@ the same network is stored and run as bits::
 
 The engine runs the fully binarized presets ``bit`` (BiT: elastic {-alpha, +alpha} / {0, alpha} activations,
 softmax then {0, alpha} attention) and ``bibert`` (BiBERT: sign activations, bool attention), and the other W1A1
-combinations of their parts; BinaryBERT's split model (8- or 4-bit activations) is not supported.
+combinations of their parts, and BinaryBERT's split model (two binary halves per layer) at 1-bit activations (the
+recipe's ``--act-bits 1``); its 8- and 4-bit activations would need bit-serial products, which the engine has not.
 """

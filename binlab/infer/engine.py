@@ -15,6 +15,11 @@ popcount product and ``a`` the value of one bit (alpha, or 1 for BiBERT's sign):
     FFN2         P = bits(.) . bits(W_2)               AND for BiT's {0, alpha}, XNOR for signs;  LayerNorm(... + h')
     pooler       P = bits(h_CLS) . bits(W_p)           XNOR     tanh(a alpha P + b)
 
+BinaryBERT's split model (``PackedModel.split``) runs the same way with two products per binarized layer, one per
+half, each half binarizing its input with its own binarizer: ``y = (a_1 alpha_1 P_1 + b_1) + (a_2 alpha_2 P_2 + b_2)``
+(trace names ``NAME`` and ``NAME.half2``), and the word embedding as the sum of its two packed tables. That path
+sums the halves in numpy rather than in the fused kernels: it is there to run the model exactly, not fast.
+
 LayerNorm, softmax, GELU, tanh, the residual sums, the embedding sum and the classifier stay float (the
 classifier as an elementwise product and a sum: no float matrix product runs anywhere in the forward pass). Floats
 are ``dtype``: float32, or float64 to compare with a float64 fake-quant model. In float64 the integer products
@@ -35,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from binlab.infer import fused
-from binlab.infer.packed import (Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
+from binlab.infer.packed import (HALF2, Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
                                  probs_binarizer, qkv_binarizer)
 from binlab.kernels.packing import words_for
 from binlab.kernels.products import PackedWeight, and_bmm, and_gemm, xnor_bmm, xnor_gemm
@@ -104,6 +109,10 @@ class _Linear:
         gemm = and_gemm if self.act.spec.product == "and" else xnor_gemm
         return gemm(words, self.weight, self.k, backend=backend).numpy()
 
+    def affine(self, prod: np.ndarray) -> np.ndarray:
+        """``c * P + b`` [R, N] in the compute dtype (what :func:`fused.affine` computes), for the split path."""
+        return prod.astype(self.c.dtype) * self.c + self.bias
+
 
 class _Laps:
     """The optional time breakdown of a forward pass: ``lap(key)`` adds the seconds since the previous lap to
@@ -153,14 +162,21 @@ class PackedBert:
         self._np = np.dtype(np.float32 if dtype == torch.float32 else np.float64)
         t, c, q = packed.tensors, packed.config, packed.config.quant
         self.num_heads, self.head_size = c.num_attention_heads, c.head_size
+        self.split = packed.split
         self.word_bits = np.ascontiguousarray(t["embeddings.word.bits"])
         self.word_scale = self._fp("embeddings.word.scale")
+        if self.split:
+            self.word_bits2 = np.ascontiguousarray(t[f"embeddings.word.{HALF2}.bits"])
+            self.word_scale2 = self._fp(f"embeddings.word.{HALF2}.scale")
         self.position = self._fp("embeddings.position")
         self.token_type = self._fp("embeddings.token_type")
         self.emb_ln = (self._tensor("embeddings.ln.weight"), self._tensor("embeddings.ln.bias"))
         shapes = linear_shapes(c)
         self.linears = {name: self._linear(name, k, n, input_binarizer(q, signed))
                         for name, (k, n, signed) in shapes.items()}
+        # a split model's second halves, by the first half's name (empty otherwise)
+        self.halves2 = {name: self._linear(f"{name}.{HALF2}", k, n, input_binarizer(q, signed))
+                        for name, (k, n, signed) in shapes.items()} if self.split else {}
         self.layers = []
         A = c.attention_size
         for i in range(c.num_hidden_layers):
@@ -182,6 +198,13 @@ class PackedBert:
                 "attention_ln": (self._tensor(p + "attention_ln.weight"), self._tensor(p + "attention_ln.bias")),
                 "ffn_ln": (self._tensor(p + "ffn_ln.weight"), self._tensor(p + "ffn_ln.bias")),
             })
+            if self.split:
+                qkv2 = [self.halves2[p + n] for n in ("query", "key", "value")]
+                self.layers[-1]["qkv_weight2"] = PackedWeight.from_words(
+                    np.stack([lin.weight.words[0] for lin in qkv2]), c.hidden_size)
+                self.layers[-1]["qkv_inputs2"] = [lin.act for lin in qkv2]
+                self.layers[-1]["qkv_c2"] = np.stack([lin.c for lin in qkv2])
+                self.layers[-1]["qkv_b2"] = np.stack([lin.bias for lin in qkv2])
         self.classifier = (self._tensor("classifier.weight"), self._tensor("classifier.bias"))
 
     # ------------------------------------------------------------------------------------------------------
@@ -247,19 +270,30 @@ class PackedBert:
         return out
 
     def _attention(self, layer: dict, h: np.ndarray, B: int, L: int, mask: np.ndarray, valid: np.ndarray,
-                   trace: dict | None, lap=_no_lap) -> np.ndarray:
-        """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)]."""
+                   trace: dict | None, lap=_no_lap) -> list[np.ndarray]:
+        """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)], one array per half."""
         p, H, d = layer["prefix"], self.num_heads, self.head_size
-        x = np.empty((3, h.shape[0], words_for(h.shape[1])), np.uint64)  # [3, B*L, DW]: written in place
-        for j, a in enumerate(layer["qkv_inputs"]):
-            _check_nan(fused.binarize_rows(h, a.code, a.alpha, a.thr, x[j]), p + "qkv input")
-        lap(p + "qkv.pack")
-        prod = xnor_bmm(x, layer["qkv_weight"], self.config.hidden_size, backend=self.backend).numpy()
-        lap(p + "qkv.gemm")
+        halves = [("", layer["qkv_inputs"], layer["qkv_weight"])]
+        if self.split:
+            halves.append((f".{HALF2}", layer["qkv_inputs2"], layer["qkv_weight2"]))
+        prods = []
+        for _, inputs, weight in halves:
+            x = np.empty((3, h.shape[0], words_for(h.shape[1])), np.uint64)  # [3, B*L, DW]: written in place
+            for j, a in enumerate(inputs):
+                _check_nan(fused.binarize_rows(h, a.code, a.alpha, a.thr, x[j]), p + "qkv input")
+            lap(p + "qkv.pack")
+            prods.append(xnor_bmm(x, weight, self.config.hidden_size, backend=self.backend).numpy())
+            lap(p + "qkv.gemm")
+        prod = prods[0]
+        c, b = layer["qkv_c"], layer["qkv_b"]
+        if self.split:  # Q, K, V as floats, the two halves summed; qkv_binarize then only binarizes (c = 1, b = 0)
+            y = (prod.astype(c.dtype) * c[:, None] + b[:, None]) + (
+                prods[1].astype(c.dtype) * layer["qkv_c2"][:, None] + layer["qkv_b2"][:, None])
+            prod, c, b = y, np.ones_like(c), np.zeros_like(b)
         dw, lw = words_for(d), words_for(L)
         qw, kw = np.empty((B, H, L, dw), np.uint64), np.empty((B, H, L, dw), np.uint64)
         vw = np.empty((B, H, d, lw), np.uint64)
-        _check_nan(fused.qkv_binarize(prod, layer["qkv_c"], layer["qkv_b"], layer["qkv_kinds"], layer["qkv_alphas"],
+        _check_nan(fused.qkv_binarize(prod, c, b, layer["qkv_kinds"], layer["qkv_alphas"],
                                       layer["qkv_thr"], L, H, d, qw, kw, vw), p + "Q, K, V")
         lap(p + "qkv.binarize")
         scores = xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
@@ -281,20 +315,26 @@ class PackedBert:
         ctx = bmm(pw, vw, L, backend=self.backend).numpy()  # [B, H, L, d]
         lap(p + "context")
         if trace is not None:
-            for j, name in enumerate(("query", "key", "value")):
-                trace[p + name] = torch.from_numpy(prod[j].reshape(B, L, -1))
+            for (half, _, _), pr in zip(halves, prods):
+                for j, name in enumerate(("query", "key", "value")):
+                    trace[p + name + half] = torch.from_numpy(pr[j].reshape(B, L, -1))
             trace[p + "scores"] = torch.from_numpy(scores)
             trace[p + "context"] = torch.from_numpy(ctx)
-        out_lin = self.linears[p + "attention_output"]
-        words = np.empty((B * L, words_for(H * d)), np.uint64)
-        _check_nan(fused.context_binarize(ctx, np.ascontiguousarray(ctx_value), out_lin.act.code, out_lin.act.alpha,
-                                          out_lin.act.thr, words), p + "attention output input")
+        name = p + "attention_output"
+        out = []
+        for out_lin in [self.linears[name]] + ([self.halves2[name]] if self.split else []):
+            words = np.empty((B * L, words_for(H * d)), np.uint64)
+            _check_nan(fused.context_binarize(ctx, np.ascontiguousarray(ctx_value), out_lin.act.code,
+                                              out_lin.act.alpha, out_lin.act.thr, words), p + "attention output input")
+            out.append(words)
         lap(p + "attn_out.pack")
-        return words
+        return out
 
     def _ffn(self, layer: dict, h: np.ndarray, trace: dict | None, lap=_no_lap) -> np.ndarray:
         """h [B*L, D] (after the attention's LayerNorm) -> the FFN block's output, LayerNorm included."""
         p = layer["prefix"]
+        if self.split:
+            return self._ffn_split(layer, h, trace, lap)
         inter, out_lin = self.linears[p + "intermediate"], self.linears[p + "output"]
         bits = self._binarize(h, inter.act, p + "intermediate input")
         lap(p + "ffn1.pack")
@@ -321,6 +361,31 @@ class PackedBert:
         lap(p + "ffn2.ln")
         return out
 
+    def _split_linear(self, name: str, x: np.ndarray, trace: dict | None, lap=_no_lap, step: str = "") -> np.ndarray:
+        """A split layer on float input x: ``(c_1 P_1 + b_1) + (c_2 P_2 + b_2)``, each half binarizing x itself."""
+        y = None
+        for key, lin in ((name, self.linears[name]), (f"{name}.{HALF2}", self.halves2[name])):
+            words = self._binarize(x, lin.act, f"{key} input")
+            lap(step + ".pack")
+            prod = lin.product(words, self.backend)
+            lap(step + ".gemm")
+            if trace is not None:
+                trace[key] = torch.from_numpy(prod)
+            y = lin.affine(prod) if y is None else y + lin.affine(prod)
+        return y
+
+    def _ffn_split(self, layer: dict, h: np.ndarray, trace: dict | None, lap=_no_lap) -> np.ndarray:
+        """The FFN block of a split model (float activations between the halves' products)."""
+        p = layer["prefix"]
+        y = self._split_linear(p + "intermediate", h, trace, lap, p + "ffn1")
+        t = torch.from_numpy(y)
+        z = (torch.relu(t) if self.config.quant.ffn_act == "relu" else F.gelu(t)).numpy()
+        lap(p + "ffn1.act")
+        y2 = self._split_linear(p + "output", np.ascontiguousarray(z), trace, lap, p + "ffn2")
+        out = self._layer_norm(y2 + h, layer["ffn_ln"])
+        lap(p + "ffn2.ln")
+        return out
+
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, trace: dict | None = None,
@@ -336,30 +401,43 @@ class PackedBert:
         valid = np.ascontiguousarray(attention_mask.numpy() != 0)
         lap("inputs")
         x = np.empty((B, L, D), self._np)
-        fused.embed(input_ids.contiguous().numpy(), token_type_ids.contiguous().numpy(), self.word_bits, self.word_scale, self.position,
-                    self.token_type, x)
+        ids, types = input_ids.contiguous().numpy(), token_type_ids.contiguous().numpy()
+        if self.split:
+            fused.embed_split(ids, types, self.word_bits, self.word_scale, self.word_bits2, self.word_scale2,
+                              self.position, self.token_type, x)
+        else:
+            fused.embed(ids, types, self.word_bits, self.word_scale, self.position, self.token_type, x)
         h = self._layer_norm(x, self.emb_ln).reshape(B * L, D)
         lap("embeddings")
         for layer in self.layers:
             p = layer["prefix"]
             words = self._attention(layer, h, B, L, mask, valid, trace, lap)
-            lin = self.linears[p + "attention_output"]
-            prod = lin.product(words, self.backend)
+            name = p + "attention_output"
+            lins = [(name, self.linears[name])] + ([(f"{name}.{HALF2}", self.halves2[name])] if self.split else [])
+            prods = [lin.product(w, self.backend) for w, (_, lin) in zip(words, lins)]
             lap(p + "attn_out.gemm")
             if trace is not None:
-                trace[p + "attention_output"] = torch.from_numpy(prod)
-            y = np.empty(h.shape, self._np)
-            fused.affine_residual(prod, lin.c, lin.bias, h, y)
+                for (key, _), prod in zip(lins, prods):
+                    trace[key] = torch.from_numpy(prod)
+            if self.split:
+                y = (lins[0][1].affine(prods[0]) + lins[1][1].affine(prods[1])) + h
+            else:
+                lin = lins[0][1]
+                y = np.empty(h.shape, self._np)
+                fused.affine_residual(prods[0], lin.c, lin.bias, h, y)
             h = self._layer_norm(y, layer["attention_ln"])
             lap(p + "attn_out.ln")
             h = self._ffn(layer, h, trace, lap)
         pooler = self.linears["pooler"]
         cls = np.ascontiguousarray(h.reshape(B, L, D)[:, 0])
-        prod = pooler.product(self._binarize(cls, pooler.act, "pooler input"), self.backend)
-        if trace is not None:
-            trace["pooler"] = torch.from_numpy(prod)
-        y = np.empty((B, D), self._np)
-        fused.affine(prod, pooler.c, pooler.bias, y)
+        if self.split:
+            y = self._split_linear("pooler", cls, trace)
+        else:
+            prod = pooler.product(self._binarize(cls, pooler.act, "pooler input"), self.backend)
+            if trace is not None:
+                trace["pooler"] = torch.from_numpy(prod)
+            y = np.empty((B, D), self._np)
+            fused.affine(prod, pooler.c, pooler.bias, y)
         pooled = torch.tanh(torch.from_numpy(y))
         lap("pooler")
         w, b = self.classifier

@@ -14,7 +14,10 @@ fake-quant model (a float32 forward differs from it only where a value lies with
 * the word embedding the same way, row by row (its QuantEmbedding over every id);
 * each activation binarizer's learned alpha and threshold as trained (an error if a data-initialised alpha never
   saw data: calibrate or train first);
-* everything that stays full precision as it is, in float32, or float16 with ``fp16=True``.
+* everything that stays full precision as it is, in float32, or float16 with ``fp16=True``;
+* BinaryBERT's split model (every binarized layer two halves, ``dense_1 + dense_2``) half by half, the second half
+  under ``NAME.half2.*``, with ``"split": true`` in config.json. The engine runs it when its activations are 1-bit
+  (the recipe's ``--act-bits 1``); 8- and 4-bit activations would need bit-serial products, which it does not have.
 """
 
 from __future__ import annotations
@@ -30,18 +33,20 @@ import torch
 from safetensors.numpy import save as save_safetensors
 from torch import nn
 
-from binlab.checkpoint import load_config, load_state_dict, load_weights
+from binlab.checkpoint import hf_to_binlab_key, load_config, load_state_dict, load_weights
 from binlab.files import atomic_write_bytes
-from binlab.infer.packed import (CONFIG_FILE, FORMAT, FORMAT_VERSION, FP_DTYPES, WEIGHTS_FILE, Binarizer,
+from binlab.infer.packed import (CONFIG_FILE, FORMAT, FORMAT_VERSION, FP_DTYPES, HALF2, WEIGHTS_FILE, Binarizer,
                                  check_supported, check_tensors, input_binarizer, probs_binarizer, qkv_binarizer,
                                  schema, size_report)
 from binlab.kernels.packing import pack_bits01
+from binlab.methods.split_model import SplitEmbedding, SplitQuantLinear, build_split_model
 from binlab.model import BertForSequenceClassification
 from binlab.quant.layers import QuantEmbedding, QuantLinear
 from binlab.quant.quantizers import Elastic, SteSign
 from binlab.tokenizer import BertTokenizer
 
-__all__ = ["resolve_source", "load_source_model", "packed_tensors", "export_packed", "add_arguments", "run"]
+__all__ = ["resolve_source", "load_source_model", "is_split", "packed_tensors", "export_packed", "add_arguments",
+           "run"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,14 +80,20 @@ def resolve_source(path: str | os.PathLike, stage: str | None = None) -> Path:
 
 
 def load_source_model(model_dir: str | os.PathLike) -> BertForSequenceClassification:
-    """The fake-quant model of a checkpoint directory, every tensor from the file (else ValueError)."""
+    """The fake-quant model of a checkpoint directory (a split model too), every tensor from the file (else
+    ValueError)."""
     model_dir = Path(model_dir)
     config = load_config(model_dir)
     check_supported(config.quant)
     state = load_state_dict(model_dir)
-    if any(".dense_1." in k or ".embedding_1." in k for k in state):
-        raise ValueError(f"{model_dir} holds a split model (BinaryBERT's two halves); the bitwise engine does not "
-                         "run split models yet")
+    if any(".dense_1." in k or ".embedding_1." in k for k in state):  # BinaryBERT's split model
+        model = build_split_model(config)
+        state = {hf_to_binlab_key(k): v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{model_dir} does not hold the whole split model: missing {sorted(missing)[:6]}, "
+                             f"unexpected {sorted(unexpected)[:6]}")
+        return model.eval()
     model = BertForSequenceClassification(config)
     report = load_weights(model, state)
     problems = report.missing + report.new_quantizer_state + report.new_classifier + report.unexpected
@@ -105,10 +116,19 @@ def _binary(q: torch.Tensor, per_row: bool, name: str) -> tuple[np.ndarray, torc
     return pack_bits01(q > 0), alpha.reshape(-1)
 
 
+def _halves(module: nn.Module, name: str, split: bool) -> list[tuple[nn.Module, str]]:
+    """``[(QuantLinear, its packed name)]``: the layer, or a split layer's two halves (``NAME``, ``NAME.half2``)."""
+    want = SplitQuantLinear if split else QuantLinear
+    if type(module) is not want:
+        raise ValueError(f"{name} is a {type(module).__name__}, expected a {want.__name__}: "
+                         + ("a split model has two halves in every binarized layer" if split else
+                            "a model that is not split has one QuantLinear per binarized layer"))
+    return [(module.dense_1, name), (module.dense_2, f"{name}.{HALF2}")] if split else [(module, name)]
+
+
 def _linear(module: nn.Module, name: str, per_row: bool) -> dict[str, torch.Tensor]:
     if type(module) is not QuantLinear:
-        raise ValueError(f"{name} is a {type(module).__name__}, not a QuantLinear (BinaryBERT's split model? "
-                         "the bitwise engine does not run split models yet)")
+        raise ValueError(f"{name} is a {type(module).__name__}, not a QuantLinear")
     if module.bias is None:
         raise ValueError(f"{name} has no bias; the packed format expects one")
     with torch.no_grad():
@@ -148,12 +168,15 @@ def packed_tensors(model: BertForSequenceClassification, fp_dtype: str = "float3
     fp = FP_DTYPES[fp_dtype]
     bert, raw = model.bert, {}
     emb = bert.embeddings
-    if type(emb.word_embeddings) is not QuantEmbedding:
-        raise ValueError(f"the word embedding is a {type(emb.word_embeddings).__name__}, not a QuantEmbedding "
-                         "(BinaryBERT's split model? the bitwise engine does not run split models yet)")
-    with torch.no_grad():
-        table = copy.deepcopy(emb.word_embeddings).double()(torch.arange(config.vocab_size))
-    raw["embeddings.word.bits"], raw["embeddings.word.scale"] = _binary(table, True, "the word embedding")
+    split = is_split(model)
+    if type(emb.word_embeddings) is not QuantEmbedding and not split:
+        raise ValueError(f"the word embedding is a {type(emb.word_embeddings).__name__}, not a QuantEmbedding")
+    tables = ([(emb.word_embeddings.embedding_1, "embeddings.word"), (emb.word_embeddings.embedding_2,
+              f"embeddings.word.{HALF2}")] if split else [(emb.word_embeddings, "embeddings.word")])
+    for table_module, name in tables:
+        with torch.no_grad():
+            table = copy.deepcopy(table_module).double()(torch.arange(config.vocab_size))
+        raw[f"{name}.bits"], raw[f"{name}.scale"] = _binary(table, True, f"the word embedding ({name})")
     raw.update({"embeddings.position": emb.position_embeddings.weight,
                 "embeddings.token_type": emb.token_type_embeddings.weight,
                 "embeddings.ln.weight": emb.LayerNorm.weight, "embeddings.ln.bias": emb.LayerNorm.bias})
@@ -162,16 +185,18 @@ def packed_tensors(model: BertForSequenceClassification, fp_dtype: str = "float3
         modules = {"query": att.query, "key": att.key, "value": att.value,
                    "attention_output": layer.attention_output.dense, "intermediate": layer.ffn.intermediate,
                    "output": layer.ffn.output}
-        for n, m in modules.items():
-            raw.update(_linear(m, p + n, q.weight_per_row))
-            raw.update(_binarizer(m.input_quantizer, input_binarizer(q, m.input_signed), p + n + ".input"))
+        for n, module in modules.items():
+            for m, name in _halves(module, p + n, split):
+                raw.update(_linear(m, name, q.weight_per_row))
+                raw.update(_binarizer(m.input_quantizer, input_binarizer(q, m.input_signed), name + ".input"))
         for act, m in (("q_act", att.query_quant), ("k_act", att.key_quant), ("v_act", att.value_quant)):
             raw.update(_binarizer(m, qkv_binarizer(q), p + act))
         raw.update(_binarizer(att.probs_quant, probs_binarizer(q), p + "probs_act"))
         for ln, m in (("attention_ln", layer.attention_output.LayerNorm), ("ffn_ln", layer.ffn.LayerNorm)):
             raw[f"{p}{ln}.weight"], raw[f"{p}{ln}.bias"] = m.weight, m.bias
-    raw.update(_linear(bert.pooler.dense, "pooler", q.weight_per_row))
-    raw.update(_binarizer(bert.pooler.dense.input_quantizer, input_binarizer(q, True), "pooler.input"))
+    for m, name in _halves(bert.pooler.dense, "pooler", split):
+        raw.update(_linear(m, name, q.weight_per_row))
+        raw.update(_binarizer(m.input_quantizer, input_binarizer(q, True), name + ".input"))
     raw["classifier.weight"], raw["classifier.bias"] = model.classifier.weight, model.classifier.bias
     out = {}
     for name, t in raw.items():
@@ -183,8 +208,15 @@ def packed_tensors(model: BertForSequenceClassification, fp_dtype: str = "float3
             raise ValueError(f"{name} holds values that are not finite in {fp_dtype}"
                              + (" (too large for float16: export without --fp16)" if fp_dtype == "float16" else ""))
         out[name] = np.ascontiguousarray(a)
-    check_tensors("export_packed", out, schema(config, fp_dtype))
+    check_tensors("export_packed", out, schema(config, fp_dtype, split))
     return out
+
+
+def is_split(model: nn.Module) -> bool:
+    """True for BinaryBERT's split model (its word embedding, or else its first linear layer, has two halves)."""
+    word = model.bert.embeddings.word_embeddings
+    return isinstance(word, SplitEmbedding) or isinstance(model.bert.encoder.layer[0].attention.query,
+                                                          SplitQuantLinear)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,7 +250,7 @@ def export_packed(model_or_dir: BertForSequenceClassification | str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / WEIGHTS_FILE, save_safetensors(tensors, metadata={"format": FORMAT}))
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "fp_dtype": fp_dtype,
-              "weights": WEIGHTS_FILE, "source": None if source is None else str(source),
+              "weights": WEIGHTS_FILE, "source": None if source is None else str(source), "split": is_split(model),
               "bert": model.config.to_hf_dict()}
     atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
     if tokenizer is not None:

@@ -115,6 +115,23 @@ def embed(ids, types, bits, scale, pos, tt, out):
 
 
 @njit(cache=True)
+def embed_split(ids, types, bits1, scale1, bits2, scale2, pos, tt, out):
+    """BinaryBERT's split table: ``out[b, l] = ((E_1[id] + E_2[id]) + pos[l]) + tt[type]``, each half's row
+    ``E_h[id] = scale_h[id] * s_h(id)`` from its own packed table (the fake-quant model's order of the sums)."""
+    B, L, D = out.shape
+    for b in range(B):
+        for l in range(L):
+            i = ids[b, l]
+            s1, s2 = scale1[i], scale2[i]
+            t = types[b, l]
+            for d in range(D):
+                sh = np.uint64(d & 63)
+                w1 = s1 if (bits1[i, d >> 6] >> sh) & _ONE else -s1
+                w2 = s2 if (bits2[i, d >> 6] >> sh) & _ONE else -s2
+                out[b, l, d] = ((w1 + w2) + pos[l, d]) + tt[t, d]
+
+
+@njit(cache=True)
 def binarize_rows(x, kind, alpha, thr, out):
     """Pack the bits of ``x [R, K] + thr [K]`` (kind, alpha[0]) into ``out [R, ceil(K / 64)]``; NaN count."""
     R, K = x.shape

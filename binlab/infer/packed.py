@@ -21,7 +21,12 @@ AND-popcount (:class:`Binarizer` says which). The input binarizer of the layer, 
     NAME.input.threshold   FP [K]   BiT's learned per-channel shift t: the bit of x_k is the bit of x_k + t_k
 
 and the attention's own binarizers ``layer.i.{q,k,v,probs}_act.{alpha,threshold}`` likewise. The word embedding is
-packed per row, ``embeddings.word.bits [V, ceil(D / 64)]`` with ``embeddings.word.scale [V]``. Full precision,
+packed per row, ``embeddings.word.bits [V, ceil(D / 64)]`` with ``embeddings.word.scale [V]``.
+
+BinaryBERT's split model (``"split": true`` in config.json) has two binary halves in every binarized layer,
+``y = dense_1(x) + dense_2(x)`` and ``E_1[ids] + E_2[ids]``: the first half under the names above, the second under
+the same names with ``half2`` after the layer's (``layer.0.query.half2.bits``, ``...half2.input.alpha``,
+``embeddings.word.half2.scale``); each half keeps its own input binarizer, as the fake-quant model does. Full precision,
 as every method keeps it: the position and token-type tables, the LayerNorms, the biases, the learned alphas and
 thresholds, the classifier. ``fp_dtype`` is float32 (the trained values exactly) or float16 (``--fp16``);
 the weight scales, which the fake-quant model derives in its own dtype, are stored at ``fp_dtype`` too.
@@ -47,7 +52,7 @@ from binlab.kernels.packing import words_for
 from binlab.model import BertConfig
 from binlab.quant.config import QuantConfig
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CONFIG_FILE", "WEIGHTS_FILE", "FP_DTYPES", "Binarizer", "Entry",
+__all__ = ["FORMAT", "FORMAT_VERSION", "CONFIG_FILE", "WEIGHTS_FILE", "FP_DTYPES", "HALF2", "Binarizer", "Entry",
            "check_supported", "input_binarizer", "qkv_binarizer", "probs_binarizer", "linear_shapes", "schema",
            "check_tensors", "PackedModel", "load_packed", "ideal_bytes", "file_bytes", "size_report"]
 
@@ -57,6 +62,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.packed.safetensors"
 FP_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 BITS_DTYPE = np.dtype(np.uint64)
+#: the second half of a split model's layer: ``NAME.half2.bits`` beside ``NAME.bits``
+HALF2 = "half2"
 
 #: The linear layers of one encoder layer, in the order of the forward pass.
 LAYER_LINEARS = ("query", "key", "value", "attention_output", "intermediate", "output")
@@ -162,25 +169,31 @@ def _binarizer_entries(name: str, b: Binarizer | None, k: int, fp: np.dtype) -> 
     return out
 
 
-def schema(config: BertConfig, fp_dtype: str = "float32") -> dict[str, Entry]:
-    """Every tensor of the packed model of ``config``, by name (see the module docstring)."""
+def schema(config: BertConfig, fp_dtype: str = "float32", split: bool = False) -> dict[str, Entry]:
+    """Every tensor of the packed model of ``config``, by name (see the module docstring); ``split``: BinaryBERT's
+    split model, two halves per binarized layer."""
     check_supported(config.quant)
     fp = FP_DTYPES[fp_dtype]
     q = config.quant
     D, V, A = config.hidden_size, config.vocab_size, config.attention_size
-    out = {
-        "embeddings.word.bits": Entry(BITS_DTYPE, (V, words_for(D)), D),
-        "embeddings.word.scale": Entry(fp, (V,)),
+    halves = ("", f".{HALF2}") if split else ("",)
+    out = {}
+    for h in halves:
+        out[f"embeddings.word{h}.bits"] = Entry(BITS_DTYPE, (V, words_for(D)), D)
+        out[f"embeddings.word{h}.scale"] = Entry(fp, (V,))
+    out |= {
         "embeddings.position": Entry(fp, (config.max_position_embeddings, D)),
         "embeddings.token_type": Entry(fp, (config.type_vocab_size, D)),
         "embeddings.ln.weight": Entry(fp, (D,)),
         "embeddings.ln.bias": Entry(fp, (D,)),
     }
-    for name, (k, n, signed) in linear_shapes(config).items():
-        out[f"{name}.bits"] = Entry(BITS_DTYPE, (n, words_for(k)), k)
-        out[f"{name}.scale"] = Entry(fp, (n,) if q.weight_per_row else (1,))
-        out[f"{name}.bias"] = Entry(fp, (n,))
-        out.update(_binarizer_entries(f"{name}.input", input_binarizer(q, signed), k, fp))
+    for base, (k, n, signed) in linear_shapes(config).items():
+        for h in halves:
+            name = base + h
+            out[f"{name}.bits"] = Entry(BITS_DTYPE, (n, words_for(k)), k)
+            out[f"{name}.scale"] = Entry(fp, (n,) if q.weight_per_row else (1,))
+            out[f"{name}.bias"] = Entry(fp, (n,))
+            out.update(_binarizer_entries(f"{name}.input", input_binarizer(q, signed), k, fp))
     for i in range(config.num_hidden_layers):
         p = f"layer.{i}."
         for act in ("q_act", "k_act", "v_act"):
@@ -194,10 +207,10 @@ def schema(config: BertConfig, fp_dtype: str = "float32") -> dict[str, Entry]:
     return out
 
 
-def ideal_bytes(config: BertConfig, fp_dtype: str = "float32") -> int:
+def ideal_bytes(config: BertConfig, fp_dtype: str = "float32", split: bool = False) -> int:
     """1 bit per binarized weight (no padding, no header) plus every FP tensor at ``fp_dtype``, in bytes."""
     bits = total = 0
-    for e in schema(config, fp_dtype).values():
+    for e in schema(config, fp_dtype, split).values():
         if e.bits_per_row is not None:
             bits += e.shape[0] * e.bits_per_row
         else:
@@ -218,7 +231,7 @@ def size_report(folder: str | os.PathLike, fp32_checkpoint: str | os.PathLike | 
     """
     folder = Path(folder)
     d = _read_config(folder)
-    ideal = ideal_bytes(BertConfig.from_hf_dict(d["bert"]), d["fp_dtype"])
+    ideal = ideal_bytes(BertConfig.from_hf_dict(d["bert"]), d["fp_dtype"], d.get("split", False))
     size = file_bytes(folder)
     out = {"file_bytes": size, "ideal_bytes": ideal, "over_ideal": size / ideal - 1.0, "fp_dtype": d["fp_dtype"]}
     if fp32_checkpoint is not None and Path(fp32_checkpoint).is_file():
@@ -240,6 +253,7 @@ class PackedModel:
     tensors: dict[str, np.ndarray]
     path: Path | None = None
     meta: dict | None = None  # config.json as read (format, source, the Hugging Face dict with id2label, ...)
+    split: bool = False  # BinaryBERT's split model: two halves per binarized layer (module docstring)
 
 
 def _read_config(folder: Path) -> dict:
@@ -270,6 +284,8 @@ def _read_config(folder: Path) -> dict:
         raise ValueError(f"{file}: fp_dtype must be one of {sorted(FP_DTYPES)}, got {d.get('fp_dtype')!r}")
     if not isinstance(d.get("bert"), dict):
         raise ValueError(f"{file}: no 'bert' object (the model's configuration)")
+    if not isinstance(d.get("split", False), bool):
+        raise ValueError(f"{file}: 'split' must be true or false, got {d['split']!r}")
     return d
 
 
@@ -307,7 +323,8 @@ def load_packed(folder: str | os.PathLike) -> PackedModel:
         config = BertConfig.from_hf_dict(d["bert"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{folder / CONFIG_FILE}: the 'bert' configuration is invalid: {e}") from e
-    expected = schema(config, d["fp_dtype"])
+    split = d.get("split", False)
+    expected = schema(config, d["fp_dtype"], split)
     file = folder / WEIGHTS_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{folder} holds no {WEIGHTS_FILE}")
@@ -316,4 +333,4 @@ def load_packed(folder: str | os.PathLike) -> PackedModel:
     except (SafetensorError, ValueError) as e:
         raise ValueError(f"{file} cannot be read as safetensors (truncated or corrupt?): {e}") from e
     check_tensors(file, tensors, expected)
-    return PackedModel(config, d["fp_dtype"], tensors, folder, d)
+    return PackedModel(config, d["fp_dtype"], tensors, folder, d, split)
