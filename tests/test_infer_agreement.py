@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -130,6 +131,18 @@ def test_dev_agreement_on_a_small_dev_set(tmp_path, preset):
     assert "| engine vs float64 | 12 / 12 |" in text
 
 
+def test_the_engine_in_float64_gives_the_float64_labels(tmp_path):
+    model, tok = trained_like("bibert", seed=3)
+    ckpt = save_pretrained(model, tmp_path / "ckpt", tokenizer=tok)
+    result = dev_agreement(ckpt, "sst2", glue_dir(tmp_path), batch_size=6, max_length=32, trace=False,
+                           engine_dtype=torch.float64)
+    assert result.engine_dtype == "float64" and "the engine in float64" in result.markdown()
+    assert result.counts["engine vs float64"] == len(SENTENCES)
+    # exact products, float64 around them; the weight scales are stored in float32 (binlab.infer.engine)
+    assert result.max_abs_logit_diff["engine vs float64"] < 1e-6
+    assert dev_agreement(ckpt, "sst2", glue_dir(tmp_path / "b"), max_length=32, trace=False).engine_dtype == "float32"
+
+
 def test_the_command_line(tmp_path):
     from test_infer import binlab
 
@@ -139,5 +152,6 @@ def test_the_command_line(tmp_path):
                   "--json", str(tmp_path / "a.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "engine vs float64" in proc.stdout and (tmp_path / "a.json").is_file()
+    assert json.loads((tmp_path / "a.json").read_text())["engine_dtype"] == "float32"
     proc = binlab("agreement", str(tmp_path / "nothing"), "--task", "sst2", "--glue-dir", str(tmp_path))
     assert proc.returncode == 2 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr

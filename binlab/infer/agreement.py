@@ -156,12 +156,14 @@ class Agreement:
     max_abs_logit_diff: dict
     rows: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    engine_dtype: str = "float32"  # the float dtype the engine ran in around its integer products
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
     def markdown(self) -> str:
-        lines = [f"{self.examples} {self.task} dev examples", "",
+        lines = [f"{self.examples} {self.task} dev examples (the engine in {self.engine_dtype} around its products)",
+                 "",
                  "| pair | " + ("max abs prediction difference" if self.regression else "equal labels") +
                  " | max abs logit difference |", "|---|---:|---:|"]
         for pair, n in self.counts.items():
@@ -189,16 +191,17 @@ def _metric(task, preds: Tensor, labels: Tensor) -> float:
 
 
 def compare(model: BertForSequenceClassification, batches: list[dict], task: str, *, engine: PackedBert | None = None,
-            trace: bool = True, progress=None) -> Agreement:
+            trace: bool = True, progress=None, engine_dtype: torch.dtype = torch.float32) -> Agreement:
     """The engine, the float64 and the float32 copy of the fake-quant ``model`` on ``batches`` (with ``labels``).
 
-    ``engine``: the packed model of ``model`` (exported to a temporary folder when None). ``progress``: a callable
-    ``(done, total)`` called after each batch."""
+    ``engine``: the packed model of ``model`` (exported to a temporary folder when None, run in ``engine_dtype``:
+    float32, as ``PackedBert`` runs by default, or float64, in which its labels must equal the float64 model's).
+    ``progress``: a callable ``(done, total)`` called after each batch."""
     model32 = copy.deepcopy(model).float().eval()
     model64 = copy.deepcopy(model32).double()
     if engine is None:
         with tempfile.TemporaryDirectory() as tmp:
-            engine = PackedBert(load_packed(export_packed(model32, tmp)))
+            engine = PackedBert(load_packed(export_packed(model32, tmp)), dtype=engine_dtype)
     regression = model32.config.num_labels == 1
     logits = {"engine": [], "float64": [], "float32": []}
     seconds = {k: 0.0 for k in logits}
@@ -234,22 +237,24 @@ def compare(model: BertForSequenceClassification, batches: list[dict], task: str
         counts[name] = float((preds[a] - preds[b]).abs().max()) if regression else int((preds[a] == preds[b]).sum())
         diffs[name] = float((out[a] - out[b]).abs().max())
     metric = {k: _metric(task, p.float() if regression else p, y) for k, p in preds.items()}
-    return Agreement(get_task(task).name, len(y), regression, counts, metric, diffs, rows, seconds)
+    return Agreement(get_task(task).name, len(y), regression, counts, metric, diffs, rows, seconds,
+                     str(engine.dtype).removeprefix("torch."))
 
 
 def dev_agreement(source: str | os.PathLike, task: str, glue_dir: str | os.PathLike, *,
                   packed: str | os.PathLike | None = None, examples: int | None = None, batch_size: int = 32,
-                  max_length: int = 128, trace: bool = True, progress=None) -> Agreement:
+                  max_length: int = 128, trace: bool = True, progress=None,
+                  engine_dtype: torch.dtype = torch.float32) -> Agreement:
     """:func:`compare` on the dev set of ``task`` in the local GLUE folder ``glue_dir``.
 
     ``source``: a checkpoint directory, a ``binlab train`` output or a recipe run (as ``binlab export`` takes it);
     ``packed``: its packed export (exported to a temporary folder when None). ``examples``: the first N dev
-    examples (None: all)."""
+    examples (None: all). ``engine_dtype``: as :func:`compare` takes it."""
     folder = resolve_source(source)
     model = load_source_model(folder)
-    engine = None if packed is None else PackedBert(load_packed(packed))
+    engine = None if packed is None else PackedBert(load_packed(packed), dtype=engine_dtype)
     data = dev_batches(task, glue_dir, load_tokenizer(folder), examples, batch_size, max_length)
-    return compare(model, data, task, engine=engine, trace=trace, progress=progress)
+    return compare(model, data, task, engine=engine, trace=trace, progress=progress, engine_dtype=engine_dtype)
 
 
 def _plain(model, batch) -> Tensor:
@@ -261,6 +266,9 @@ def _plain(model, batch) -> Tensor:
 # the command line (binlab agreement)
 
 
+ENGINE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a trained W1A1 checkpoint directory, `binlab train` output or recipe run")
     p.add_argument("--task", required=True, help="GLUE task whose dev set is compared (sst2, stsb, cola, ...)")
@@ -270,6 +278,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128, help="tokens per example (use the run's; default 128)")
     p.add_argument("--no-trace", action="store_true", help="compare labels only, do not trace disagreements")
+    p.add_argument("--engine-dtype", default="float32", choices=sorted(ENGINE_DTYPES),
+                   help="the engine's float dtype around its integer products (default: float32, as it runs; "
+                        "float64: its labels must then equal the float64 model's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
 
@@ -277,7 +288,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     result = dev_agreement(args.source, args.task, args.glue_dir, packed=args.packed, examples=args.examples,
-                           batch_size=args.batch_size, max_length=args.max_length, trace=not args.no_trace)
+                           batch_size=args.batch_size, max_length=args.max_length, trace=not args.no_trace,
+                           engine_dtype=ENGINE_DTYPES[args.engine_dtype])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.as_dict(), indent=1))
