@@ -171,24 +171,27 @@ class PackedBert:
         self.position = self._fp("embeddings.position")
         self.token_type = self._fp("embeddings.token_type")
         self.emb_ln = (self._tensor("embeddings.ln.weight"), self._tensor("embeddings.ln.bias"))
-        shapes = linear_shapes(c)
-        self.linears = {name: self._linear(name, k, n, input_binarizer(q, signed))
-                        for name, (k, n, signed) in shapes.items()}
-        # a split model's second halves, by the first half's name (empty otherwise)
-        self.halves2 = {name: self._linear(f"{name}.{HALF2}", k, n, input_binarizer(q, signed))
-                        for name, (k, n, signed) in shapes.items()} if self.split else {}
+        # every binarized layer by its packed name: a split model's second halves under NAME.half2
+        self.suffixes = ("", f".{HALF2}") if self.split else ("",)
+        self.linears = {name + s: self._linear(name + s, k, n, input_binarizer(q, signed))
+                        for name, (k, n, signed) in linear_shapes(c).items() for s in self.suffixes}
         self.layers = []
         A = c.attention_size
         for i in range(c.num_hidden_layers):
             p = f"layer.{i}."
-            qkv = [self.linears[p + n] for n in ("query", "key", "value")]
             acts = [self._act(p + a, qkv_binarizer(q), A) for a in ("q_act", "k_act", "v_act")]
             probs = probs_binarizer(q)
+            qkv_halves = []  # per half: (name suffix, input binarizers, stacked weight [3], c [3, A], b [3, A])
+            for suffix in self.suffixes:
+                qkv = [self.linears[p + n + suffix] for n in ("query", "key", "value")]
+                weight = PackedWeight.from_words(np.stack([lin.weight.words[0] for lin in qkv]), c.hidden_size)
+                qkv_halves.append((suffix, [lin.act for lin in qkv], weight, np.stack([lin.c for lin in qkv]),
+                                   np.stack([lin.bias for lin in qkv])))
             self.layers.append({
                 "prefix": p,
-                "qkv_weight": PackedWeight.from_words(np.stack([lin.weight.words[0] for lin in qkv]), c.hidden_size),
-                "qkv_inputs": [lin.act for lin in qkv],
-                "qkv_c": np.stack([lin.c for lin in qkv]), "qkv_b": np.stack([lin.bias for lin in qkv]),
+                "qkv_halves": qkv_halves,
+                # a split model sums the halves' Q, K, V in float first: qkv_binarize then takes c = 1, b = 0
+                "qkv_unit": (np.ones((3, A), self._np), np.zeros((3, A), self._np)) if self.split else None,
                 "qkv_acts": acts,
                 "qkv_kinds": np.array([a.code for a in acts], np.int64),
                 "qkv_alphas": np.concatenate([a.alpha for a in acts]),
@@ -198,13 +201,6 @@ class PackedBert:
                 "attention_ln": (self._tensor(p + "attention_ln.weight"), self._tensor(p + "attention_ln.bias")),
                 "ffn_ln": (self._tensor(p + "ffn_ln.weight"), self._tensor(p + "ffn_ln.bias")),
             })
-            if self.split:
-                qkv2 = [self.halves2[p + n] for n in ("query", "key", "value")]
-                self.layers[-1]["qkv_weight2"] = PackedWeight.from_words(
-                    np.stack([lin.weight.words[0] for lin in qkv2]), c.hidden_size)
-                self.layers[-1]["qkv_inputs2"] = [lin.act for lin in qkv2]
-                self.layers[-1]["qkv_c2"] = np.stack([lin.c for lin in qkv2])
-                self.layers[-1]["qkv_b2"] = np.stack([lin.bias for lin in qkv2])
         self.classifier = (self._tensor("classifier.weight"), self._tensor("classifier.bias"))
 
     # ------------------------------------------------------------------------------------------------------
@@ -223,6 +219,10 @@ class PackedBert:
             alpha = np.ones(1, self._np)
         thr = self._fp(f"{name}.threshold") if spec.threshold else np.zeros(max(k, 1), self._np)
         return _Act(spec, fused.KIND_CODES[spec.kind], alpha, thr)
+
+    def _halves(self, name: str) -> list[tuple[str, _Linear]]:
+        """``[(packed name, layer)]`` of binarized layer ``name``: itself, or a split model's two halves."""
+        return [(name + s, self.linears[name + s]) for s in self.suffixes]
 
     def _linear(self, name: str, k: int, n: int, spec: Binarizer) -> _Linear:
         act = self._act(f"{name}.input", spec, k)
@@ -273,23 +273,20 @@ class PackedBert:
                    trace: dict | None, lap=_no_lap) -> list[np.ndarray]:
         """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)], one array per half."""
         p, H, d = layer["prefix"], self.num_heads, self.head_size
-        halves = [("", layer["qkv_inputs"], layer["qkv_weight"])]
-        if self.split:
-            halves.append((f".{HALF2}", layer["qkv_inputs2"], layer["qkv_weight2"]))
+        halves = layer["qkv_halves"]
         prods = []
-        for _, inputs, weight in halves:
+        for _, inputs, weight, _, _ in halves:
             x = np.empty((3, h.shape[0], words_for(h.shape[1])), np.uint64)  # [3, B*L, DW]: written in place
             for j, a in enumerate(inputs):
                 _check_nan(fused.binarize_rows(h, a.code, a.alpha, a.thr, x[j]), p + "qkv input")
             lap(p + "qkv.pack")
             prods.append(xnor_bmm(x, weight, self.config.hidden_size, backend=self.backend).numpy())
             lap(p + "qkv.gemm")
-        prod = prods[0]
-        c, b = layer["qkv_c"], layer["qkv_b"]
+        prod, c, b = prods[0], halves[0][3], halves[0][4]
         if self.split:  # Q, K, V as floats, the two halves summed; qkv_binarize then only binarizes (c = 1, b = 0)
-            y = (prod.astype(c.dtype) * c[:, None] + b[:, None]) + (
-                prods[1].astype(c.dtype) * layer["qkv_c2"][:, None] + layer["qkv_b2"][:, None])
-            prod, c, b = y, np.ones_like(c), np.zeros_like(b)
+            prod = sum(pr.astype(c_h.dtype) * c_h[:, None] + b_h[:, None]
+                       for pr, (_, _, _, c_h, b_h) in zip(prods, halves))
+            c, b = layer["qkv_unit"]
         dw, lw = words_for(d), words_for(L)
         qw, kw = np.empty((B, H, L, dw), np.uint64), np.empty((B, H, L, dw), np.uint64)
         vw = np.empty((B, H, d, lw), np.uint64)
@@ -315,14 +312,13 @@ class PackedBert:
         ctx = bmm(pw, vw, L, backend=self.backend).numpy()  # [B, H, L, d]
         lap(p + "context")
         if trace is not None:
-            for (half, _, _), pr in zip(halves, prods):
+            for (half, *_), pr in zip(halves, prods):
                 for j, name in enumerate(("query", "key", "value")):
                     trace[p + name + half] = torch.from_numpy(pr[j].reshape(B, L, -1))
             trace[p + "scores"] = torch.from_numpy(scores)
             trace[p + "context"] = torch.from_numpy(ctx)
-        name = p + "attention_output"
         out = []
-        for out_lin in [self.linears[name]] + ([self.halves2[name]] if self.split else []):
+        for _, out_lin in self._halves(p + "attention_output"):
             words = np.empty((B * L, words_for(H * d)), np.uint64)
             _check_nan(fused.context_binarize(ctx, np.ascontiguousarray(ctx_value), out_lin.act.code,
                                               out_lin.act.alpha, out_lin.act.thr, words), p + "attention output input")
@@ -364,7 +360,7 @@ class PackedBert:
     def _split_linear(self, name: str, x: np.ndarray, trace: dict | None, lap=_no_lap, step: str = "") -> np.ndarray:
         """A split layer on float input x: ``(c_1 P_1 + b_1) + (c_2 P_2 + b_2)``, each half binarizing x itself."""
         y = None
-        for key, lin in ((name, self.linears[name]), (f"{name}.{HALF2}", self.halves2[name])):
+        for key, lin in self._halves(name):
             words = self._binarize(x, lin.act, f"{key} input")
             lap(step + ".pack")
             prod = lin.product(words, self.backend)
@@ -412,15 +408,14 @@ class PackedBert:
         for layer in self.layers:
             p = layer["prefix"]
             words = self._attention(layer, h, B, L, mask, valid, trace, lap)
-            name = p + "attention_output"
-            lins = [(name, self.linears[name])] + ([(f"{name}.{HALF2}", self.halves2[name])] if self.split else [])
+            lins = self._halves(p + "attention_output")
             prods = [lin.product(w, self.backend) for w, (_, lin) in zip(words, lins)]
             lap(p + "attn_out.gemm")
             if trace is not None:
                 for (key, _), prod in zip(lins, prods):
                     trace[key] = torch.from_numpy(prod)
             if self.split:
-                y = (lins[0][1].affine(prods[0]) + lins[1][1].affine(prods[1])) + h
+                y = sum(lin.affine(pr) for (_, lin), pr in zip(lins, prods)) + h
             else:
                 lin = lins[0][1]
                 y = np.empty(h.shape, self._np)

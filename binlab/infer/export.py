@@ -33,13 +33,13 @@ import torch
 from safetensors.numpy import save as save_safetensors
 from torch import nn
 
-from binlab.checkpoint import hf_to_binlab_key, load_config, load_state_dict, load_weights
+from binlab.checkpoint import load_config, load_state_dict, load_weights
 from binlab.files import atomic_write_bytes
 from binlab.infer.packed import (CONFIG_FILE, FORMAT, FORMAT_VERSION, FP_DTYPES, HALF2, WEIGHTS_FILE, Binarizer,
                                  check_supported, check_tensors, input_binarizer, probs_binarizer, qkv_binarizer,
                                  schema, size_report)
 from binlab.kernels.packing import pack_bits01
-from binlab.methods.split_model import SplitEmbedding, SplitQuantLinear, build_split_model
+from binlab.methods.split_model import SplitEmbedding, SplitQuantLinear, is_split_state, split_model_from_state
 from binlab.model import BertForSequenceClassification
 from binlab.quant.layers import QuantEmbedding, QuantLinear
 from binlab.quant.quantizers import Elastic, SteSign
@@ -86,14 +86,11 @@ def load_source_model(model_dir: str | os.PathLike) -> BertForSequenceClassifica
     config = load_config(model_dir)
     check_supported(config.quant)
     state = load_state_dict(model_dir)
-    if any(".dense_1." in k or ".embedding_1." in k for k in state):  # BinaryBERT's split model
-        model = build_split_model(config)
-        state = {hf_to_binlab_key(k): v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{model_dir} does not hold the whole split model: missing {sorted(missing)[:6]}, "
-                             f"unexpected {sorted(unexpected)[:6]}")
-        return model.eval()
+    if is_split_state(state):  # BinaryBERT's split model
+        try:
+            return split_model_from_state(config, state).eval()
+        except RuntimeError as e:
+            raise ValueError(f"{model_dir} does not hold the whole split model: {e}") from e
     model = BertForSequenceClassification(config)
     report = load_weights(model, state)
     problems = report.missing + report.new_quantizer_state + report.new_classifier + report.unexpected

@@ -52,13 +52,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from binlab.checkpoint import hf_to_binlab_key, load_config, load_pretrained, save_pretrained
+from binlab.checkpoint import load_config, load_pretrained, save_pretrained
 from binlab.checkpoint import load_state_dict as read_state
 from binlab.files import atomic_write_text
 from binlab.methods.distill import REGRESSION_LOSSES, make_kd_loss
 from binlab.methods.pipeline import (Recipe, RecipeConfig, Run, check_settings, command_line, frozen,
                                      recipe_kwargs_from_args, stage_table, teacher_stage)
-from binlab.methods.split_model import binary_quant_config, build_split_model, split_ternary_model
+from binlab.methods.split_model import binary_quant_config, is_split_state, split_model_from_state, split_ternary_model
 from binlab.quant.config import FFN_ACTS, QuantConfig
 from binlab.train import distributed
 
@@ -247,11 +247,9 @@ def load_stage_model(out: str | Path, stage: str) -> nn.Module:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no model at {folder}: has stage {stage!r} of the run in {out} finished?")
     state = read_state(folder)
-    if not any(".dense_1." in k or ".embedding_1." in k for k in state):
+    if not is_split_state(state):
         return load_pretrained(folder, verbose=False).eval()
-    model = build_split_model(load_config(folder))
-    model.load_state_dict({hf_to_binlab_key(k): v for k, v in state.items()}, strict=True)
-    return model.eval()
+    return split_model_from_state(load_config(folder), state).eval()
 
 
 def summary_markdown(summary: dict) -> str:

@@ -18,12 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
+from binlab.checkpoint import hf_to_binlab_key
 from binlab.methods.splitting import tws_split
 from binlab.model import BertForSequenceClassification
 from binlab.quant.config import QuantConfig
 from binlab.quant.layers import QuantEmbedding, QuantLinear
 
-__all__ = ["SplitQuantLinear", "SplitEmbedding", "binary_quant_config", "split_ternary_model", "build_split_model"]
+__all__ = ["SplitQuantLinear", "SplitEmbedding", "binary_quant_config", "split_ternary_model", "build_split_model",
+           "is_split_state", "split_model_from_state"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -175,3 +177,17 @@ def build_split_model(config) -> nn.Module:
         model,
         lambda name, m: SplitQuantLinear(m.in_features, m.out_features, m.bias is not None, m.config, m.input_signed),
         lambda name, m: SplitEmbedding(m.num_embeddings, m.embedding_dim, m.config, m.padding_idx))
+
+
+def is_split_state(state: dict) -> bool:
+    """True when a checkpoint's tensors (any naming) are a split model's: some key has a ``dense_1`` or
+    ``embedding_1`` half."""
+    return any(".dense_1." in k or ".embedding_1." in k for k in state)
+
+
+def split_model_from_state(config, state: dict) -> nn.Module:
+    """The split model of ``config`` holding a saved split checkpoint's ``state`` (Hugging Face names), loaded
+    strictly (``RuntimeError`` on a missing or unexpected tensor)."""
+    model = build_split_model(config)
+    model.load_state_dict({hf_to_binlab_key(k): v for k, v in state.items()}, strict=True)
+    return model
