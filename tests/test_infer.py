@@ -296,6 +296,45 @@ def test_softmax_bits_equal_the_direct_softmax(dtype):
                 assert np.array_equal(got, want), (trial, alpha, kind)
 
 
+@pytest.mark.parametrize("n_chunks", [1, 2, 5, 7])
+def test_parallel_softmax_bits_equal_the_serial_kernel(n_chunks):
+    """fused.softmax_binarize_parallel cuts the (batch row, head) pairs into chunks, each with its own table; its bits
+    and NaN count are the serial kernel's, for chunks that split a batch row's heads and for more chunks than
+    pairs, on the table path and on the direct one (many mask values)."""
+    from binlab.infer import fused
+    rng = np.random.default_rng(1)
+    for trial, (B, H, L) in enumerate([(3, 4, 70), (1, 12, 128), (2, 3, 9), (1, 1, 5)]):
+        d = 32
+        scores = (2 * rng.binomial(d, 0.5, (B, H, L, L)) - d).astype(np.int32)
+        real = np.arange(L)[None] < rng.integers(1, L + 1, (B, 1))
+        mask = np.where(real, 0.0, -10000.0).astype(np.float32)
+        if trial == 2:
+            mask = rng.normal(size=(B, L)).astype(np.float32)
+        c, sqrt_d, a = (np.array([v], np.float32) for v in (rng.uniform(0.2, 1.0), np.sqrt(d), 1.0 / L))
+        for kind in (2, 0):
+            got, want = (np.full((B, H, L, (L + 63) // 64), 7, np.uint64) for _ in range(2))
+            assert fused.softmax_binarize_parallel(n_chunks, scores, c, sqrt_d, mask, kind, a, got) == \
+                fused.softmax_binarize(scores, c, sqrt_d, mask, kind, a, want) == 0
+            assert np.array_equal(got, want), (trial, kind)
+
+
+def test_the_engine_gives_the_same_logits_with_the_parallel_softmax(exported, monkeypatch):
+    """Above engine.PARALLEL_MIN_WORK scores BiT's softmax runs on numba's threads; the logits do not change."""
+    import numba
+    from binlab.infer import engine as engine_module
+    engine = PackedBert(exported["bit"][1])
+    ids, mask, types = batch(3, 70, seed=4)
+    monkeypatch.setattr(engine_module, "PARALLEL_MIN_WORK", 1 << 62)
+    serial = engine(ids, mask, types)
+    monkeypatch.setattr(engine_module, "PARALLEL_MIN_WORK", 0)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        assert torch.equal(engine(ids, mask, types), serial)
+    finally:
+        numba.set_num_threads(threads)
+
+
 FLOAT_PRODUCTS = [(torch, "matmul"), (torch, "mm"), (torch, "bmm"), (torch, "addmm"), (torch, "einsum"),
                   (F, "linear"), (torch.Tensor, "__matmul__"), (torch.Tensor, "matmul"), (torch.Tensor, "mm"),
                   (torch.Tensor, "bmm")]

@@ -15,7 +15,8 @@ Methods, timed in one process, on the same token ids:
 * ``torch_int8``: ``torch.ao.quantization.quantize_dynamic`` of it (every ``nn.Linear``, qint8 weights).
 * ``onnx_fp32``: it exported by ``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, opset 17,
   dynamic batch and length), run by ONNX Runtime's CPU provider (all graph optimisations, sequential, ``--threads``
-  intra-op threads). ``onnx_int8``: ``onnxruntime.quantization.quantize_dynamic`` of that file (QInt8 weights).
+  intra-op threads, ``session.force_spinning_stop``: :data:`ORT_SPIN_STOP`). ``onnx_int8``:
+  ``onnxruntime.quantization.quantize_dynamic`` of that file (QInt8 weights).
   onnxruntime and onnx are an optional dependency (``pip install 'binlab[bench]'``); without them both methods are
   skipped with a message.
 
@@ -99,6 +100,10 @@ SIZE_CLAIM = 31.2  # ... "and 31.2 times" on model size
 
 SAMPLE_SECONDS = 0.02  # a timed sample repeats a call until it lasts about this long
 PAUSE_SECONDS = 0.01  # sleep before each method (spinning OpenMP / ONNX Runtime workers go idle)
+# ONNX Runtime's workers spin on after a run for longer than PAUSE_SECONDS (at 2 threads they slowed the next method
+# 2-3x: docs/benchmarks.md); its "session.force_spinning_stop" ends the spinning when a run returns (it still spins
+# during a run). False measures ONNX Runtime's default.
+ORT_SPIN_STOP = True
 WARMUP_CALLS = 2
 ONNX_INSTALL = "pip install 'binlab[bench]' (onnxruntime, onnx)"
 MODEL_OPTIONS = ("threads", "model", "shape", "preset", "no_onnx", "no_memory")
@@ -261,6 +266,8 @@ def _session(ort, path: Path, threads: int):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if ORT_SPIN_STOP:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -35,6 +35,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,8 @@ STEPS = (
 LAYER_STEPS = tuple(name for name, _ in STEPS if name not in ("inputs", "embeddings", "pooler", "classifier"))
 
 _DTYPES = (torch.float32, torch.float64)
+#: BiT's softmax over fewer scores than this runs serially (a thread launch costs more than it saves).
+PARALLEL_MIN_WORK = 1 << 16
 
 
 @dataclass
@@ -131,6 +134,14 @@ class _Laps:
 
 def _no_lap(key: str) -> None:
     pass
+
+
+def _chunks(work: int, tasks: int) -> int:
+    """How many chunks BiT's softmax over ``work`` scores (``tasks`` query blocks) is cut into: numba's current
+    thread count, or 1 (the serial kernel) below :data:`PARALLEL_MIN_WORK` scores."""
+    if work < PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(numba.get_num_threads(), tasks))
 
 
 def _check_nan(n_nan: int, where: str) -> None:
@@ -303,8 +314,10 @@ class PackedBert:
             use_and = True
         else:
             sqrt_d = np.array([math.sqrt(d)], self._np)
-            _check_nan(fused.softmax_binarize(scores, layer["scores_c"], sqrt_d, mask, probs.code, probs.alpha, pw),
-                       p + "attention probabilities")
+            args = (scores, layer["scores_c"], sqrt_d, mask, probs.code, probs.alpha, pw)
+            n_chunks = _chunks(scores.size, B * H)
+            n_nan = fused.softmax_binarize_parallel(n_chunks, *args) if n_chunks > 1 else fused.softmax_binarize(*args)
+            _check_nan(n_nan, p + "attention probabilities")
             ctx_value = probs.value * layer["qkv_acts"][2].value
             use_and = probs.spec.product == "and"
         lap(p + "probs")

@@ -22,6 +22,11 @@ float y is never written out. The kernels here do that for each place of the for
 Every float operation runs in the dtype of the arrays passed (float32 or float64: one compiled version each), in
 the order the fake-quant model computes it. Kinds are ints: :data:`KIND_CODES`. Functions that read floats return
 the number of NaNs they met, for the caller to raise on (a NaN has no bit).
+
+``softmax_binarize_parallel(n_chunks, ...)`` is BiT's softmax with its (batch row, head) pairs cut into contiguous
+ranges under ``prange``; every row is computed by the same operations in the same order, so its bits are the serial
+kernel's whatever the thread count. The other kernels stay serial: at the sizes of a forward pass, a thread launch
+(about 15-20 us on the 2-core machine) costs about what a second thread saves (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ import math
 import sys
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from numba.extending import overload
 
 __all__ = ["KIND_CODES", "embed", "binarize_rows", "affine_binarize", "affine", "affine_residual", "qkv_binarize",
-           "softmax_binarize", "bool_binarize", "context_binarize"]
+           "softmax_binarize", "softmax_binarize_parallel", "bool_binarize",
+           "context_binarize"]
 
 KIND_CODES = {"sign": 0, "pm1": 1, "01": 2}
 _ONE = np.uint64(1)
@@ -256,14 +262,15 @@ def qkv_binarize(prod, c, b, kinds, alphas, thr, L, H, d, q_out, k_out, v_out):
 
 
 @njit(cache=True)
-def _softmax_direct(scores, b, cc, sd, mask, kind, a, out, row):
-    """:func:`softmax_binarize` for batch row ``b``, computed directly (one exp per score): the reference the
-    table path below reproduces bit for bit, and what runs when its conditions do not hold. The float types are
-    numba's unification of the expressions, as written: ``top`` and ``total`` float64, ``row`` the mask's dtype."""
-    _, H, L, _ = scores.shape
+def _softmax_direct(scores, b, h0, h1, cc, sd, mask, kind, a, out, row):
+    """:func:`softmax_binarize` for batch row ``b``, heads ``h0 <= h < h1``, computed directly (one exp per score):
+    the reference the table path below reproduces bit for bit, and what runs when its conditions do not hold. The
+    float types are numba's unification of the expressions, as written: ``top`` and ``total`` float64, ``row`` the
+    mask's dtype."""
+    L = scores.shape[2]
     one = _like(mask, 1)
     n_nan = 0
-    for h in range(H):
+    for h in range(h0, h1):
         for i in range(L):
             top = -np.inf
             for j in range(L):
@@ -295,7 +302,7 @@ def _softmax_reference(scores, c, sqrt_d, mask, kind, alpha, out):
     row = np.empty(scores.shape[3], mask.dtype)
     n_nan = 0
     for b in range(scores.shape[0]):
-        n_nan += _softmax_direct(scores, b, c[0], sqrt_d[0], mask, kind, alpha[0], out, row)
+        n_nan += _softmax_direct(scores, b, 0, scores.shape[1], c[0], sqrt_d[0], mask, kind, alpha[0], out, row)
     return n_nan
 
 
@@ -329,6 +336,144 @@ _NONE = np.int64(-(1 << 40))  # below every int32 score
 
 
 @njit(cache=True)
+def _softmax_heads(scores, b, h0, h1, cc, sd, mask, kind, a, out):
+    """:func:`softmax_binarize`'s table path for batch row ``b``, heads ``h0 <= h < h1`` (its table spans the P of
+    those heads only: the bits do not depend on the table's range). Returns the NaN count."""
+    L = scores.shape[2]
+    H = h1 - h0
+    nw = out.shape[3]
+    row = np.empty(L, mask.dtype)
+    cls = np.empty(L, np.int64)
+    u = np.empty(_MAX_CLASSES, mask.dtype)
+    pmaxes = np.empty((H, L, _MAX_CLASSES), np.int64)
+    tops = np.empty((H, L), np.int64)
+    totals = np.empty(L, np.float64)
+    pth = np.empty(_MAX_CLASSES, np.int64)
+    kth = np.empty(L, np.int64)
+    coff = np.empty(L, np.int64)
+    zero = np.float64(_like(mask, 0))
+    one = _like(mask, 1)
+    n_nan = 0
+    nu = _mask_classes(mask, b, cls, u)
+    if nu < 1 or not (cc > 0 and sd > 0 and a > 0):
+        return _softmax_direct(scores, b, h0, h1, cc, sd, mask, kind, a, out, row)
+    # the largest P of each class per row (every class has a key), the smallest and largest P
+    pmin = np.int64(scores[b, h0, 0, 0])
+    pmax = pmin
+    for h in range(H):
+        for i in range(L):
+            sr = scores[b, h0 + h, i]
+            lo = np.int64(sr[0])
+            if nu == 1:
+                mx = lo
+                for j in range(L):
+                    lo = min(lo, np.int64(sr[j]))
+                    mx = max(mx, np.int64(sr[j]))
+                pmaxes[h, i, 0] = mx
+                pmax = max(pmax, mx)
+            else:
+                for j in range(L):
+                    lo = min(lo, np.int64(sr[j]))
+                for q in range(nu):
+                    mx = _NONE
+                    for j in range(L):
+                        v = np.int64(sr[j]) if cls[j] == q else _NONE
+                        mx = max(mx, v)
+                    pmaxes[h, i, q] = mx
+                    pmax = max(pmax, mx)
+            pmin = min(pmin, lo)
+    NP = pmax - pmin + 1
+    nk = NP * nu
+    ok = nk <= _MAX_KEYS
+    if ok:
+        S = np.empty(nk, mask.dtype)
+        for q in range(nu):
+            for p in range(NP):
+                s = (_like(mask, pmin + p) * cc) / sd + u[q]
+                if not (s - s == 0):  # inf or NaN
+                    ok = False
+                S[q * NP + p] = s
+    if ok:
+        E = np.empty((nk, nk), np.float64)  # E[t, k] = exp(S[k] - S[t]) as the direct path computes it
+        Es = np.empty((nk, nk), mask.dtype)  # ... stored in the mask's dtype, as its row[j]
+        done = np.zeros(nk, np.bool_)
+        for h in range(H):
+            for i in range(L):
+                t = -1
+                for q in range(nu):
+                    kq = q * NP + (pmaxes[h, i, q] - pmin)
+                    if t < 0 or S[kq] > S[t]:
+                        t = kq
+                tops[h, i] = t
+                if not done[t]:
+                    top = np.float64(S[t])
+                    for k in range(nk):
+                        e = math.exp(S[k] - top)
+                        E[t, k] = e
+                        Es[t, k] = e
+                    for q in range(nu):
+                        for p in range(1, NP):
+                            if Es[t, q * NP + p] < Es[t, q * NP + p - 1]:
+                                ok = False
+                    done[t] = True
+    if not ok:
+        return _softmax_direct(scores, b, h0, h1, cc, sd, mask, kind, a, out, row)
+    for j in range(L):
+        coff[j] = cls[j] * NP - pmin
+    for h in range(H):
+        i = 0
+        while i + 4 <= L:
+            e0, e1, e2, e3 = E[tops[h, i]], E[tops[h, i + 1]], E[tops[h, i + 2]], E[tops[h, i + 3]]
+            s0 = s1 = s2 = s3 = zero
+            for j in range(L):
+                cj = coff[j]
+                s0 += e0[cj + scores[b, h0 + h, i, j]]
+                s1 += e1[cj + scores[b, h0 + h, i + 1, j]]
+                s2 += e2[cj + scores[b, h0 + h, i + 2, j]]
+                s3 += e3[cj + scores[b, h0 + h, i + 3, j]]
+            totals[i], totals[i + 1], totals[i + 2], totals[i + 3] = s0, s1, s2, s3
+            i += 4
+        while i < L:
+            e0 = E[tops[h, i]]
+            s0 = zero
+            for j in range(L):
+                s0 += e0[coff[j] + scores[b, h0 + h, i, j]]
+            totals[i] = s0
+            i += 1
+        for i in range(L):
+            inv = one / totals[i]
+            est = Es[tops[h, i]]
+            for q in range(nu):  # the first P of class q whose bit is 1 (P_max + 1 if none)
+                lo, hi = 0, NP
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if _bit(est[q * NP + mid] * inv, kind, a):
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                pth[q] = pmin + lo
+            if nu == 1:
+                th = pth[0]
+                for w in range(nw):
+                    word = np.uint64(0)
+                    for jj in range(min(64, L - 64 * w)):
+                        word |= np.uint64(np.int64(scores[b, h0 + h, i, 64 * w + jj]) >= th) << np.uint64(jj)
+                    out[b, h0 + h, i, w] = word
+            else:
+                for j in range(L):
+                    kth[j] = pth[cls[j]]
+                for w in range(nw):
+                    word = np.uint64(0)
+                    for jj in range(min(64, L - 64 * w)):
+                        j = 64 * w + jj
+                        word |= np.uint64(np.int64(scores[b, h0 + h, i, j]) >= kth[j]) << np.uint64(jj)
+                    out[b, h0 + h, i, w] = word
+    return n_nan
+
+
+
+
+@njit(cache=True)
 def softmax_binarize(scores, c, sqrt_d, mask, kind, alpha, out):
     """BiT's attention bits: per query row, ``s = c P / sqrt(d) + mask``, ``p = softmax(s)``, bits of p along keys.
 
@@ -347,140 +492,28 @@ def softmax_binarize(scores, c, sqrt_d, mask, kind, alpha, out):
     values, a table over :data:`_MAX_KEYS`, a non-finite S, c, sqrt(d) or alpha not > 0, or a table that is not
     monotone runs the direct path.
     """
-    B, H, L, _ = scores.shape
-    cc = c[0]
-    sd = sqrt_d[0]
-    a = alpha[0]
-    nw = out.shape[3]
-    row = np.empty(L, mask.dtype)
-    cls = np.empty(L, np.int64)
-    u = np.empty(_MAX_CLASSES, mask.dtype)
-    pmaxes = np.empty((H, L, _MAX_CLASSES), np.int64)
-    tops = np.empty((H, L), np.int64)
-    totals = np.empty(L, np.float64)
-    pth = np.empty(_MAX_CLASSES, np.int64)
-    kth = np.empty(L, np.int64)
-    coff = np.empty(L, np.int64)
-    zero = np.float64(_like(mask, 0))
-    one = _like(mask, 1)
     n_nan = 0
-    for b in range(B):
-        nu = _mask_classes(mask, b, cls, u)
-        if nu < 1 or not (cc > 0 and sd > 0 and a > 0):
-            n_nan += _softmax_direct(scores, b, cc, sd, mask, kind, a, out, row)
-            continue
-        # the largest P of each class per row (every class has a key), the smallest and largest P
-        pmin = np.int64(scores[b, 0, 0, 0])
-        pmax = pmin
-        for h in range(H):
-            for i in range(L):
-                sr = scores[b, h, i]
-                lo = np.int64(sr[0])
-                if nu == 1:
-                    mx = lo
-                    for j in range(L):
-                        lo = min(lo, np.int64(sr[j]))
-                        mx = max(mx, np.int64(sr[j]))
-                    pmaxes[h, i, 0] = mx
-                    pmax = max(pmax, mx)
-                else:
-                    for j in range(L):
-                        lo = min(lo, np.int64(sr[j]))
-                    for q in range(nu):
-                        mx = _NONE
-                        for j in range(L):
-                            v = np.int64(sr[j]) if cls[j] == q else _NONE
-                            mx = max(mx, v)
-                        pmaxes[h, i, q] = mx
-                        pmax = max(pmax, mx)
-                pmin = min(pmin, lo)
-        NP = pmax - pmin + 1
-        nk = NP * nu
-        ok = nk <= _MAX_KEYS
-        if ok:
-            S = np.empty(nk, mask.dtype)
-            for q in range(nu):
-                for p in range(NP):
-                    s = (_like(mask, pmin + p) * cc) / sd + u[q]
-                    if not (s - s == 0):  # inf or NaN
-                        ok = False
-                    S[q * NP + p] = s
-        if ok:
-            E = np.empty((nk, nk), np.float64)  # E[t, k] = exp(S[k] - S[t]) as the direct path computes it
-            Es = np.empty((nk, nk), mask.dtype)  # ... stored in the mask's dtype, as its row[j]
-            done = np.zeros(nk, np.bool_)
-            for h in range(H):
-                for i in range(L):
-                    t = -1
-                    for q in range(nu):
-                        kq = q * NP + (pmaxes[h, i, q] - pmin)
-                        if t < 0 or S[kq] > S[t]:
-                            t = kq
-                    tops[h, i] = t
-                    if not done[t]:
-                        top = np.float64(S[t])
-                        for k in range(nk):
-                            e = math.exp(S[k] - top)
-                            E[t, k] = e
-                            Es[t, k] = e
-                        for q in range(nu):
-                            for p in range(1, NP):
-                                if Es[t, q * NP + p] < Es[t, q * NP + p - 1]:
-                                    ok = False
-                        done[t] = True
-        if not ok:
-            n_nan += _softmax_direct(scores, b, cc, sd, mask, kind, a, out, row)
-            continue
-        for j in range(L):
-            coff[j] = cls[j] * NP - pmin
-        for h in range(H):
-            i = 0
-            while i + 4 <= L:
-                e0, e1, e2, e3 = E[tops[h, i]], E[tops[h, i + 1]], E[tops[h, i + 2]], E[tops[h, i + 3]]
-                s0 = s1 = s2 = s3 = zero
-                for j in range(L):
-                    cj = coff[j]
-                    s0 += e0[cj + scores[b, h, i, j]]
-                    s1 += e1[cj + scores[b, h, i + 1, j]]
-                    s2 += e2[cj + scores[b, h, i + 2, j]]
-                    s3 += e3[cj + scores[b, h, i + 3, j]]
-                totals[i], totals[i + 1], totals[i + 2], totals[i + 3] = s0, s1, s2, s3
-                i += 4
-            while i < L:
-                e0 = E[tops[h, i]]
-                s0 = zero
-                for j in range(L):
-                    s0 += e0[coff[j] + scores[b, h, i, j]]
-                totals[i] = s0
-                i += 1
-            for i in range(L):
-                inv = one / totals[i]
-                est = Es[tops[h, i]]
-                for q in range(nu):  # the first P of class q whose bit is 1 (P_max + 1 if none)
-                    lo, hi = 0, NP
-                    while lo < hi:
-                        mid = (lo + hi) >> 1
-                        if _bit(est[q * NP + mid] * inv, kind, a):
-                            hi = mid
-                        else:
-                            lo = mid + 1
-                    pth[q] = pmin + lo
-                if nu == 1:
-                    th = pth[0]
-                    for w in range(nw):
-                        word = np.uint64(0)
-                        for jj in range(min(64, L - 64 * w)):
-                            word |= np.uint64(np.int64(scores[b, h, i, 64 * w + jj]) >= th) << np.uint64(jj)
-                        out[b, h, i, w] = word
-                else:
-                    for j in range(L):
-                        kth[j] = pth[cls[j]]
-                    for w in range(nw):
-                        word = np.uint64(0)
-                        for jj in range(min(64, L - 64 * w)):
-                            j = 64 * w + jj
-                            word |= np.uint64(np.int64(scores[b, h, i, j]) >= kth[j]) << np.uint64(jj)
-                        out[b, h, i, w] = word
+    for b in range(scores.shape[0]):
+        n_nan += _softmax_heads(scores, b, 0, scores.shape[1], c[0], sqrt_d[0], mask, kind, alpha[0], out)
+    return n_nan
+
+
+@njit(cache=True, parallel=True)
+def softmax_binarize_parallel(n_chunks, scores, c, sqrt_d, mask, kind, alpha, out):
+    """:func:`softmax_binarize` with the ``B * H`` (batch row, head) pairs cut into ``n_chunks`` contiguous ranges
+    run under ``prange``; every row is computed as in the serial kernel, so the bits are the same."""
+    B, H = scores.shape[0], scores.shape[1]
+    n_tasks = B * H
+    n_nan = 0
+    for ch in prange(n_chunks):
+        t = ch * n_tasks // n_chunks
+        t1 = (ch + 1) * n_tasks // n_chunks
+        while t < t1:
+            b = t // H
+            h0 = t - b * H
+            h1 = min(H, h0 + t1 - t)
+            n_nan += _softmax_heads(scores, b, h0, h1, c[0], sqrt_d[0], mask, kind, alpha[0], out)
+            t += h1 - h0
     return n_nan
 
 
