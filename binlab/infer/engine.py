@@ -188,6 +188,8 @@ class PackedBert:
                         for name, (k, n, signed) in linear_shapes(c).items() for s in self.suffixes}
         self.layers = []
         A = c.attention_size
+        # a split model sums the halves' Q, K, V in float first: qkv_binarize then takes c = 1, b = 0
+        self.qkv_unit = (np.ones((3, A), self._np), np.zeros((3, A), self._np)) if self.split else None
         for i in range(c.num_hidden_layers):
             p = f"layer.{i}."
             acts = [self._act(p + a, qkv_binarizer(q), A) for a in ("q_act", "k_act", "v_act")]
@@ -201,8 +203,6 @@ class PackedBert:
             self.layers.append({
                 "prefix": p,
                 "qkv_halves": qkv_halves,
-                # a split model sums the halves' Q, K, V in float first: qkv_binarize then takes c = 1, b = 0
-                "qkv_unit": (np.ones((3, A), self._np), np.zeros((3, A), self._np)) if self.split else None,
                 "qkv_acts": acts,
                 "qkv_kinds": np.array([a.code for a in acts], np.int64),
                 "qkv_alphas": np.concatenate([a.alpha for a in acts]),
@@ -297,7 +297,7 @@ class PackedBert:
         if self.split:  # Q, K, V as floats, the two halves summed; qkv_binarize then only binarizes (c = 1, b = 0)
             prod = sum(pr.astype(c_h.dtype) * c_h[:, None] + b_h[:, None]
                        for pr, (_, _, _, c_h, b_h) in zip(prods, halves))
-            c, b = layer["qkv_unit"]
+            c, b = self.qkv_unit
         dw, lw = words_for(d), words_for(L)
         qw, kw = np.empty((B, H, L, dw), np.uint64), np.empty((B, H, L, dw), np.uint64)
         vw = np.empty((B, H, d, lw), np.uint64)
