@@ -335,6 +335,76 @@ def test_the_engine_gives_the_same_logits_with_the_parallel_softmax(exported, mo
         numba.set_num_threads(threads)
 
 
+def _threshold_case(rng, N, dtype, k):
+    """c (positive, negative and zero channels), b, thr on a grid of 1/8 (so that y + thr hits 0 and alpha / 2
+    exactly at some P), and every integer P in [-k, k] as the rows of a product."""
+    c = (rng.integers(-8, 9, N) / 8).astype(dtype)
+    c[:3] = (0.0, 0.125, -0.125)
+    b = (rng.integers(-40, 41, N) / 8).astype(dtype)
+    thr = (rng.integers(-8, 9, N) / 8).astype(dtype)
+    prod = np.repeat(np.arange(-k, k + 1, dtype=np.int32)[:, None], N, axis=1)
+    return c, b, thr, np.ascontiguousarray(prod)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_integer_thresholds_give_the_float_kernels_bits(dtype):
+    """fused.product_thresholds + threshold_bits / qkv_threshold_bits (integer compares) give exactly the bits of
+    affine_binarize / qkv_binarize (the float ops) for every P in [-k, k], for c > 0, < 0 and = 0, values that
+    land exactly on the threshold, ReLU or not, and both kinds of bit; a non-finite value refuses the thresholds."""
+    from binlab.infer import fused
+    rng = np.random.default_rng(3)
+    k, N = 40, 70
+    for relu in (False, True):
+        for kind, alpha in ((0, 1.0), (2, 1.0), (2, 0.75)):
+            c, b, thr, prod = _threshold_case(rng, N, dtype, k)
+            a = np.array([alpha], dtype)
+            lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
+            assert fused.product_thresholds(k, c, b, relu, kind, a, thr, lo, hi)
+            got, want = (np.full((prod.shape[0], 2), 7, np.uint64) for _ in range(2))
+            fused.threshold_bits(prod, lo, hi, got)
+            assert fused.affine_binarize(prod, c, b, relu, kind, a, thr, want) == 0
+            assert np.array_equal(got, want), (relu, kind, alpha)
+            assert 0 < int((unpack_signs(want, N) > 0).sum()) < prod.size  # the bits are not all equal
+    # Q, K, V: [3, B * L, A] with A = H * d, L = 2 * k + 1 tokens (more than 64, not a multiple)
+    H, d, A = 5, 14, 70
+    cs, bs, ts, prods = zip(*(_threshold_case(rng, A, dtype, k) for _ in range(3)))
+    c, b, thr, prod = (np.ascontiguousarray(np.stack(x)) for x in (cs, bs, ts, prods))
+    kinds, alphas = np.array([0, 0, 2], np.int64), np.array([1.0, 1.0, 0.5], dtype)
+    lo, hi = np.empty((3, A), np.int32), np.empty((3, A), np.int32)
+    for j in range(3):
+        assert fused.product_thresholds(k, c[j], b[j], False, kinds[j], alphas[j:j + 1], thr[j], lo[j], hi[j])
+    L = prod.shape[1]
+    got = [np.full(s, 7, np.uint64) for s in ((1, H, L, 1), (1, H, L, 1), (1, H, d, 2))]
+    want = [np.full(s, 7, np.uint64) for s in ((1, H, L, 1), (1, H, L, 1), (1, H, d, 2))]
+    fused.qkv_threshold_bits(prod, lo, hi, L, H, d, *got)
+    assert fused.qkv_binarize(prod, c, b, kinds, alphas, thr, L, H, d, *want) == 0
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+    c, b, thr, _ = _threshold_case(rng, N, dtype, k)
+    lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
+    for bad in (c, b, thr):
+        saved = bad[5]
+        bad[5] = np.nan
+        assert not fused.product_thresholds(k, c, b, False, 0, np.ones(1, dtype), thr, lo, hi)
+        bad[5] = saved
+    c[7] = np.inf  # inf * P: -inf, NaN (P = 0), inf
+    assert not fused.product_thresholds(k, c, b, True, 2, np.ones(1, dtype), thr, lo, hi)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_integer_thresholds_change_no_logit(exported, name):
+    """The engine with integer thresholds (the default) gives the logits of the float kernels (thresholds=False),
+    on padded batches of lengths below and above 64; the thresholds are in use where they apply."""
+    folder = exported[name][1]
+    fast, slow = PackedBert(folder), PackedBert(folder, thresholds=False)
+    for layer in fast.layers:
+        assert (layer.get("qkv_lohi") is not None) == (not fast.split)
+        assert (layer.get("ffn1_lohi") is not None) == (not fast.split and fast.config.quant.ffn_act == "relu")
+    for B, L in ((3, 37), (2, 70)):
+        ids, mask, types = batch(B, L, seed=L)
+        assert torch.equal(fast(ids, mask, types), slow(ids, mask, types))
+
+
 FLOAT_PRODUCTS = [(torch, "matmul"), (torch, "mm"), (torch, "bmm"), (torch, "addmm"), (torch, "einsum"),
                   (F, "linear"), (torch.Tensor, "__matmul__"), (torch.Tensor, "matmul"), (torch.Tensor, "mm"),
                   (torch.Tensor, "bmm")]

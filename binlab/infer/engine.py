@@ -156,6 +156,9 @@ class PackedBert:
         packed: a :class:`~binlab.infer.packed.PackedModel` (``load_packed(folder)``), or a folder.
         dtype: the float dtype of everything that stays float: ``torch.float32`` (default) or ``torch.float64``.
         backend: the kernels' backend (``"simd8"``, ``"simd1"``, ``"scalar"``; None: binlab.kernels' default).
+        thresholds: turn the bits that follow a product directly (Q, K, V; ReLU into FFN2) into integer
+            thresholds on the product, found once here (:func:`fused.product_thresholds`; the same bits, no float
+            work per entry). False: the float kernels compute every entry (as a split model always does).
 
     ``engine(input_ids, attention_mask=None, token_type_ids=None)`` returns the logits ``(B, num_labels)``;
     ``trace={}`` collects every integer product by name (``layer.0.query``, ``layer.0.scores``, ...).
@@ -164,7 +167,7 @@ class PackedBert:
     """
 
     def __init__(self, packed: PackedModel | str | os.PathLike, dtype: torch.dtype = torch.float32,
-                 backend: str | None = None):
+                 backend: str | None = None, thresholds: bool = True):
         if not isinstance(packed, PackedModel):
             packed = load_packed(packed)
         if dtype not in _DTYPES:
@@ -212,7 +215,27 @@ class PackedBert:
                 "attention_ln": (self._tensor(p + "attention_ln.weight"), self._tensor(p + "attention_ln.bias")),
                 "ffn_ln": (self._tensor(p + "ffn_ln.weight"), self._tensor(p + "ffn_ln.bias")),
             })
+            if thresholds and not self.split:
+                self._add_thresholds(self.layers[-1])
         self.classifier = (self._tensor("classifier.weight"), self._tensor("classifier.bias"))
+
+    def _add_thresholds(self, layer: dict) -> None:
+        """Integer thresholds on the products for the bits that follow an affine step directly (Q, K, V; FFN1
+        into FFN2 when the activation is ReLU): ``layer["qkv_lohi"]``, ``layer["ffn1_lohi"]``, each None where a
+        value is not finite (the float kernels then run, and report the NaN)."""
+        p, A, k = layer["prefix"], self.config.attention_size, self.config.hidden_size
+        _, _, _, c, b = layer["qkv_halves"][0]
+        lo, hi = np.empty((3, A), np.int32), np.empty((3, A), np.int32)
+        ok = all(fused.product_thresholds(k, c[j], b[j], False, int(layer["qkv_kinds"][j]),
+                                          layer["qkv_alphas"][j:j + 1], layer["qkv_thr"][j], lo[j], hi[j])
+                 for j in range(3))
+        layer["qkv_lohi"] = (lo, hi) if ok else None
+        layer["ffn1_lohi"] = None
+        if self.config.quant.ffn_act == "relu":
+            inter, act = self.linears[p + "intermediate"], self.linears[p + "output"].act
+            lo, hi = np.empty(inter.n, np.int32), np.empty(inter.n, np.int32)
+            if fused.product_thresholds(inter.k, inter.c, inter.bias, True, act.code, act.alpha, act.thr, lo, hi):
+                layer["ffn1_lohi"] = (lo, hi)
 
     # ------------------------------------------------------------------------------------------------------
     # reading the packed tensors
@@ -301,8 +324,11 @@ class PackedBert:
         dw, lw = words_for(d), words_for(L)
         qw, kw = np.empty((B, H, L, dw), np.uint64), np.empty((B, H, L, dw), np.uint64)
         vw = np.empty((B, H, d, lw), np.uint64)
-        _check_nan(fused.qkv_binarize(prod, c, b, layer["qkv_kinds"], layer["qkv_alphas"],
-                                      layer["qkv_thr"], L, H, d, qw, kw, vw), p + "Q, K, V")
+        if layer.get("qkv_lohi") is not None:  # the same bits from integer thresholds on P
+            fused.qkv_threshold_bits(prod, *layer["qkv_lohi"], L, H, d, qw, kw, vw)
+        else:
+            _check_nan(fused.qkv_binarize(prod, c, b, layer["qkv_kinds"], layer["qkv_alphas"],
+                                          layer["qkv_thr"], L, H, d, qw, kw, vw), p + "Q, K, V")
         lap(p + "qkv.binarize")
         scores = xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
         lap(p + "scores")
@@ -351,7 +377,9 @@ class PackedBert:
         lap(p + "ffn1.gemm")
         words = np.empty((h.shape[0], words_for(inter.n)), np.uint64)
         act = out_lin.act
-        if self.config.quant.ffn_act == "relu":  # ReLU and the binarizer in one pass: {0, alpha} (BiT) or signs
+        if layer.get("ffn1_lohi") is not None:  # the same bits from integer thresholds on P
+            fused.threshold_bits(prod, *layer["ffn1_lohi"], words)
+        elif self.config.quant.ffn_act == "relu":  # ReLU and the binarizer in one pass: {0, alpha} (BiT) or signs
             _check_nan(fused.affine_binarize(prod, inter.c, inter.bias, True, act.code, act.alpha, act.thr, words),
                        p + "FFN output input")
         else:  # GELU as torch computes it (its float32 underflow to -0.0 decides some signs), then the bits

@@ -19,6 +19,10 @@ float y is never written out. The kernels here do that for each place of the for
     bool_binarize     scores P -> 1{P > 0} (1{P >= 0}) on real keys                                  (BiBERT)
     context_binarize  context P [B, H, L, d] -> c P -> bits along the concatenated heads
 
+Where bits follow the affine step directly (Q, K, V; ReLU into FFN2), the bit is a monotone function of the integer
+P per channel, so ``product_thresholds`` finds, once per model, the P at which it flips (with the same float
+operations), and ``threshold_bits`` / ``qkv_threshold_bits`` produce the same bits by integer compares alone.
+
 Every float operation runs in the dtype of the arrays passed (float32 or float64: one compiled version each), in
 the order the fake-quant model computes it. Kinds are ints: :data:`KIND_CODES`. Functions that read floats return
 the number of NaNs they met, for the caller to raise on (a NaN has no bit).
@@ -39,7 +43,8 @@ from numba import njit, prange
 from numba.extending import overload
 
 __all__ = ["KIND_CODES", "embed", "binarize_rows", "affine_binarize", "affine", "affine_residual", "qkv_binarize",
-           "softmax_binarize", "softmax_binarize_parallel", "bool_binarize", "context_binarize"]
+           "product_thresholds", "threshold_bits", "qkv_threshold_bits", "softmax_binarize",
+           "softmax_binarize_parallel", "bool_binarize", "context_binarize"]
 
 KIND_CODES = {"sign": 0, "pm1": 1, "01": 2}
 _ONE = np.uint64(1)
@@ -178,6 +183,110 @@ def affine_binarize(prod, c, b, relu, kind, alpha, thr, out):
                     word |= _ONE << np.uint64(j)
             out[r, w] = word
     return n_nan
+
+
+@njit(cache=True, inline="always")
+def _affine_bit(P, c, b, relu, t, kind, a):
+    """The bit of one product ``P`` as :func:`affine_binarize` and :func:`qkv_binarize` compute it: ``y = c P + b``,
+    ReLU if ``relu``, ``v = y + t``; and ``v`` (to check it is finite)."""
+    y = _like(c, P) * c[0] + b[0]
+    if relu and y < _like(c, 0):
+        y = _like(c, 0)
+    v = y + t[0]
+    return _bit(v, kind, a), v
+
+
+@njit(cache=True)
+def product_thresholds(k, c, b, relu, kind, alpha, thr, lo, hi):
+    """Integer thresholds that give the bits of ``c * P + b`` (ReLU if ``relu``) ``+ thr`` for every product P of
+    length ``k``: ``bit(P) = P <= lo[n] or P >= hi[n]``. Returns False (lo, hi unusable) if a value is not finite.
+
+    ``c, b, thr [N]``, ``lo, hi [N]`` int32. Every rounding in y, the ReLU, ``y + t`` and ``v / alpha > 1/2`` (alpha
+    > 0) or ``v >= 0`` is nondecreasing in its input, so the bit is nondecreasing in P for c > 0 (found by a binary
+    search: hi = its first 1), nonincreasing for c < 0 (lo = its last 1), constant for c = 0. P lies in [-k, k];
+    the search runs over every integer there, with the float operations of the kernels it replaces, so the bits
+    are theirs. Finite at both ends means finite in between (monotone), so no NaN can occur."""
+    a = alpha[0]
+    never_lo, never_hi = -k - 1, k + 1
+    for n in range(c.shape[0]):
+        cn, bn, tn = c[n:n + 1], b[n:n + 1], thr[n:n + 1]
+        bit_lo, v_lo = _affine_bit(-k, cn, bn, relu, tn, kind, a)
+        bit_hi, v_hi = _affine_bit(k, cn, bn, relu, tn, kind, a)
+        if not (v_lo - v_lo == 0 and v_hi - v_hi == 0):
+            return False
+        if c[n] > 0:  # nondecreasing: the first P whose bit is 1 (k + 1 if none)
+            left, right = -k, k + 1
+            while left < right:
+                mid = (left + right) >> 1
+                if _affine_bit(mid, cn, bn, relu, tn, kind, a)[0]:
+                    right = mid
+                else:
+                    left = mid + 1
+            lo[n], hi[n] = never_lo, left
+        elif c[n] < 0:  # nonincreasing: the last P whose bit is 1 (-k - 1 if none)
+            left, right = -k - 1, k
+            while left < right:
+                mid = (left + right + 1) >> 1
+                if _affine_bit(mid, cn, bn, relu, tn, kind, a)[0]:
+                    left = mid
+                else:
+                    right = mid - 1
+            lo[n], hi[n] = left, never_hi
+        else:
+            lo[n], hi[n] = (k if bit_lo else never_lo), never_hi
+    return True
+
+
+@njit(cache=True)
+def threshold_bits(prod, lo, hi, out):
+    """:func:`affine_binarize` by integer thresholds (:func:`product_thresholds`): bit = ``P <= lo or P >= hi``,
+    a byte per bit along the row, then words (:func:`_pack`). No float operation, so no NaN."""
+    R, N = prod.shape
+    bits = _bytes(N)
+    b8 = bits.view(np.uint64)
+    for r in range(R):
+        pr = prod[r]
+        for n in range(N):
+            bits[n] = (pr[n] <= lo[n]) | (pr[n] >= hi[n])
+        for w in range(out.shape[1]):
+            out[r, w] = _pack(bits, b8, 64 * w, min(64, N - 64 * w))
+
+
+@njit(cache=True)
+def qkv_threshold_bits(prod, lo, hi, L, H, d, q_out, k_out, v_out):
+    """:func:`qkv_binarize` by integer thresholds ``lo, hi [3, A]`` (:func:`product_thresholds` per Q, K, V); the
+    same layouts. No float operation."""
+    R, A = prod.shape[1], prod.shape[2]
+    dw = q_out.shape[3]
+    bits = _bytes(A)
+    b8 = bits.view(np.uint64)
+    for j in range(2):
+        out = q_out if j == 0 else k_out
+        pj, lj, hj = prod[j], lo[j], hi[j]
+        for r in range(R):
+            bb = r // L
+            l = r - bb * L
+            pr = pj[r]
+            for n in range(A):
+                bits[n] = (pr[n] <= lj[n]) | (pr[n] >= hj[n])
+            for h in range(H):
+                for w in range(dw):
+                    out[bb, h, l, w] = _pack(bits, b8, h * d + 64 * w, min(64, d - 64 * w))
+    pj, lj, hj = prod[2], lo[2], hi[2]
+    acc = np.zeros(A, np.uint64)
+    for r in range(R):
+        bb = r // L
+        l = r - bb * L
+        sh = np.uint64(l & 63)
+        pr = pj[r]
+        for n in range(A):
+            acc[n] |= np.uint64((pr[n] <= lj[n]) | (pr[n] >= hj[n])) << sh
+        if (l & 63) == 63 or l == L - 1:
+            lw = l >> 6
+            for h in range(H):
+                for e in range(d):
+                    v_out[bb, h, e, lw] = acc[h * d + e]
+                    acc[h * d + e] = 0
 
 
 @njit(cache=True)
