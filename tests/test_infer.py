@@ -318,6 +318,50 @@ def test_parallel_softmax_bits_equal_the_serial_kernel(n_chunks):
             assert np.array_equal(got, want), (trial, kind)
 
 
+@pytest.mark.parametrize("n_chunks", [0, 1, 2, 7])
+def test_fused_scores_and_softmax_give_the_bits_of_the_two_steps(n_chunks):
+    """fused.scores_softmax_binarize (n_chunks 0: the serial kernel) computes each head's Q K^T into a scratch block
+    and runs the softmax on it: the bits and NaN count of xnor_bmm then softmax_binarize, for head sizes of one
+    word, a full word and two words, lengths below, at and above 64, padding, and a many-valued mask (the direct
+    path)."""
+    from binlab.infer import fused
+    from binlab.kernels.packing import pack_signs
+    from binlab.kernels.products import xnor_bmm
+    rng = np.random.default_rng(5)
+    for trial, (B, H, L, d) in enumerate([(2, 3, 70, 32), (1, 12, 128, 64), (2, 5, 9, 8), (1, 2, 65, 70),
+                                          (3, 1, 5, 32)]):
+        q = pack_signs(torch.from_numpy(rng.normal(size=(B, H, L, d)).astype(np.float32)))
+        k = pack_signs(torch.from_numpy(rng.normal(size=(B, H, L, d)).astype(np.float32)))
+        real = np.arange(L)[None] < rng.integers(L // 2 + 1, L + 1, (B, 1))
+        mask = np.where(real, 0.0, -10000.0).astype(np.float32)
+        if trial == 2:
+            mask = rng.normal(size=(B, L)).astype(np.float32)
+        # a threshold of p > 1 / L: about half of a row's real keys
+        c, sqrt_d, a = (np.array([v], np.float32) for v in (rng.uniform(1.0, 2.0), np.sqrt(d), 2.0 / L))
+        scores = xnor_bmm(q, k, d).numpy()
+        for kind in (2, 0):
+            got, want = (np.full((B, H, L, (L + 63) // 64), 7, np.uint64) for _ in range(2))
+            args = (q, k, d, c, sqrt_d, mask, kind, a, got)
+            n = (fused.scores_softmax_binarize_parallel(n_chunks, *args) if n_chunks
+                 else fused.scores_softmax_binarize(*args))
+            assert n == fused.softmax_binarize(scores, c, sqrt_d, mask, kind, a, want) == 0
+            assert np.array_equal(got, want), (trial, kind)
+            if kind == 2:  # the bits depend on the scores: neither all 0 nor all 1 on the real keys
+                ones = unpack_signs(want, L).numpy() > 0
+                assert 0.1 < ones[np.broadcast_to(real[:, None, None], ones.shape)].mean() < 0.9, trial
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_fused_scores_change_no_logit(exported, name):
+    """The engine's fused Q K^T + softmax (the default where there is a softmax) gives the logits of the two
+    separate steps (fused_scores=False), padded, below and above 64 tokens."""
+    folder = exported[name][1]
+    fast, slow = PackedBert(folder), PackedBert(folder, fused_scores=False)
+    for B, L in ((3, 37), (2, 70)):
+        ids, mask, types = batch(B, L, seed=L + 1)
+        assert torch.equal(fast(ids, mask, types), slow(ids, mask, types))
+
+
 def test_the_engine_gives_the_same_logits_with_the_parallel_softmax(exported, monkeypatch):
     """Above engine.PARALLEL_MIN_WORK scores BiT's softmax runs on numba's threads; the logits do not change."""
     import numba

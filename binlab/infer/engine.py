@@ -59,8 +59,8 @@ STEPS = (
     ("qkv.pack", "the bits of h for Q, K, V"),
     ("qkv.gemm", "Q, K, V: XNOR products with W_q, W_k, W_v"),
     ("qkv.binarize", "scale + bias, then the bits of Q, K, V per head"),
-    ("scores", "Q . K^T: XNOR product per head"),
-    ("probs", "softmax then {0, alpha} bits (BiT), or bool(scores) (BiBERT)"),
+    ("scores", "Q . K^T: XNOR product per head (BiT: in probs, fused)"),
+    ("probs", "softmax then {0, alpha} bits (BiT, with Q . K^T), or bool(scores) (BiBERT)"),
     ("context", "probs . V: AND product per head"),
     ("attn_out.pack", "the bits of the context"),
     ("attn_out.gemm", "the attention output: XNOR product with W_o"),
@@ -159,6 +159,8 @@ class PackedBert:
         thresholds: turn the bits that follow a product directly (Q, K, V; ReLU into FFN2) into integer
             thresholds on the product, found once here (:func:`fused.product_thresholds`; the same bits, no float
             work per entry). False: the float kernels compute every entry (as a split model always does).
+        fused_scores: BiT's Q . K^T and softmax bits in one kernel (:func:`fused.scores_softmax_binarize`; the
+            same bits). False, or a ``trace``: the scores as an array first (the trace records them).
 
     ``engine(input_ids, attention_mask=None, token_type_ids=None)`` returns the logits ``(B, num_labels)``;
     ``trace={}`` collects every integer product by name (``layer.0.query``, ``layer.0.scores``, ...).
@@ -167,12 +169,13 @@ class PackedBert:
     """
 
     def __init__(self, packed: PackedModel | str | os.PathLike, dtype: torch.dtype = torch.float32,
-                 backend: str | None = None, thresholds: bool = True):
+                 backend: str | None = None, thresholds: bool = True, fused_scores: bool = True):
         if not isinstance(packed, PackedModel):
             packed = load_packed(packed)
         if dtype not in _DTYPES:
             raise ValueError(f"PackedBert: dtype must be torch.float32 or torch.float64, got {dtype}")
         self.packed, self.config, self.dtype, self.backend = packed, packed.config, dtype, backend
+        self.fused_scores = fused_scores
         self._np = np.dtype(np.float32 if dtype == torch.float32 else np.float64)
         t, c, q = packed.tensors, packed.config, packed.config.quant
         self.num_heads, self.head_size = c.num_attention_heads, c.head_size
@@ -330,11 +333,21 @@ class PackedBert:
             _check_nan(fused.qkv_binarize(prod, c, b, layer["qkv_kinds"], layer["qkv_alphas"],
                                           layer["qkv_thr"], L, H, d, qw, kw, vw), p + "Q, K, V")
         lap(p + "qkv.binarize")
-        scores = xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
-        lap(p + "scores")
         pw = np.empty((B, H, L, lw), np.uint64)
         probs = layer["probs"]
-        if probs is None:  # BiBERT: A = bool(scores), no softmax
+        fuse = probs is not None and trace is None and self.fused_scores
+        scores = None if fuse else xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
+        lap(p + "scores")
+        if fuse:  # BiT: Q K^T and the softmax bits in one pass, each head's scores in a scratch block
+            sqrt_d = np.array([math.sqrt(d)], self._np)
+            args = (qw, kw, d, layer["scores_c"], sqrt_d, mask, probs.code, probs.alpha, pw)
+            n_chunks = _chunks(B * H * L * L, B * H)
+            n_nan = (fused.scores_softmax_binarize_parallel(n_chunks, *args) if n_chunks > 1
+                     else fused.scores_softmax_binarize(*args))
+            _check_nan(n_nan, p + "attention probabilities")
+            ctx_value = probs.value * layer["qkv_acts"][2].value
+            use_and = probs.spec.product == "and"
+        elif probs is None:  # BiBERT: A = bool(scores), no softmax
             fused.bool_binarize(scores, bool(self.config.quant.bool_zero), valid, pw)
             ctx_value = layer["qkv_acts"][2].value
             use_and = True
