@@ -351,6 +351,23 @@ def test_fused_scores_and_softmax_give_the_bits_of_the_two_steps(n_chunks):
                 assert 0.1 < ones[np.broadcast_to(real[:, None, None], ones.shape)].mean() < 0.9, trial
 
 
+@pytest.mark.parametrize("zero_to_one", [False, True])
+def test_fused_bool_attention_gives_the_bits_of_the_two_steps(zero_to_one):
+    """fused.scores_bool_binarize = bool_binarize(xnor_bmm(q, k, d)): P > 0 (P >= 0) on real keys, for head sizes of
+    one word (even and odd d: P = 0 only occurs for even d) and two words, lengths below and above 64, padding."""
+    from binlab.infer import fused
+    from binlab.kernels.packing import pack_signs
+    from binlab.kernels.products import xnor_bmm
+    rng = np.random.default_rng(6)
+    for B, H, L, d in [(2, 3, 70, 32), (1, 4, 128, 64), (2, 5, 9, 8), (1, 2, 65, 70), (2, 2, 33, 7)]:
+        q, k = (pack_signs(torch.from_numpy(rng.normal(size=(B, H, L, d)).astype(np.float32))) for _ in range(2))
+        valid = np.arange(L)[None] < rng.integers(L // 2 + 1, L + 1, (B, 1))
+        got, want = (np.full((B, H, L, (L + 63) // 64), 7, np.uint64) for _ in range(2))
+        fused.scores_bool_binarize(q, k, d, zero_to_one, valid, got)
+        fused.bool_binarize(xnor_bmm(q, k, d).numpy(), zero_to_one, valid, want)
+        assert np.array_equal(got, want), (B, H, L, d)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_the_fused_scores_change_no_logit(exported, name):
     """The engine's fused Q K^T + softmax (the default where there is a softmax) gives the logits of the two

@@ -59,8 +59,8 @@ STEPS = (
     ("qkv.pack", "the bits of h for Q, K, V"),
     ("qkv.gemm", "Q, K, V: XNOR products with W_q, W_k, W_v"),
     ("qkv.binarize", "scale + bias, then the bits of Q, K, V per head"),
-    ("scores", "Q . K^T: XNOR product per head (BiT: in probs, fused)"),
-    ("probs", "softmax then {0, alpha} bits (BiT, with Q . K^T), or bool(scores) (BiBERT)"),
+    ("scores", "Q . K^T: XNOR product per head (in probs, fused, unless traced)"),
+    ("probs", "Q . K^T, then softmax and {0, alpha} bits (BiT) or bool(scores) (BiBERT)"),
     ("context", "probs . V: AND product per head"),
     ("attn_out.pack", "the bits of the context"),
     ("attn_out.gemm", "the attention output: XNOR product with W_o"),
@@ -159,8 +159,9 @@ class PackedBert:
         thresholds: turn the bits that follow a product directly (Q, K, V; ReLU into FFN2) into integer
             thresholds on the product, found once here (:func:`fused.product_thresholds`; the same bits, no float
             work per entry). False: the float kernels compute every entry (as a split model always does).
-        fused_scores: BiT's Q . K^T and softmax bits in one kernel (:func:`fused.scores_softmax_binarize`; the
-            same bits). False, or a ``trace``: the scores as an array first (the trace records them).
+        fused_scores: Q . K^T and the attention bits in one kernel (:func:`fused.scores_softmax_binarize`, BiT;
+            :func:`fused.scores_bool_binarize`, BiBERT; the same bits). False, or a ``trace``: the scores as an
+            array first (the trace records them).
 
     ``engine(input_ids, attention_mask=None, token_type_ids=None)`` returns the logits ``(B, num_labels)``;
     ``trace={}`` collects every integer product by name (``layer.0.query``, ``layer.0.scores``, ...).
@@ -335,10 +336,14 @@ class PackedBert:
         lap(p + "qkv.binarize")
         pw = np.empty((B, H, L, lw), np.uint64)
         probs = layer["probs"]
-        fuse = probs is not None and trace is None and self.fused_scores
+        fuse = trace is None and self.fused_scores
         scores = None if fuse else xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
         lap(p + "scores")
-        if fuse:  # BiT: Q K^T and the softmax bits in one pass, each head's scores in a scratch block
+        if fuse and probs is None:  # BiBERT: Q K^T and bool(scores) in one pass
+            fused.scores_bool_binarize(qw, kw, d, bool(self.config.quant.bool_zero), valid, pw)
+            ctx_value = layer["qkv_acts"][2].value
+            use_and = True
+        elif fuse:  # BiT: Q K^T and the softmax bits in one pass, each head's scores in a scratch block
             sqrt_d = np.array([math.sqrt(d)], self._np)
             args = (qw, kw, d, layer["scores_c"], sqrt_d, mask, probs.code, probs.alpha, pw)
             n_chunks = _chunks(B * H * L * L, B * H)

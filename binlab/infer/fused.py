@@ -17,6 +17,7 @@ float y is never written out. The kernels here do that for each place of the for
     qkv_binarize      P [3, R, A] -> Q, K bits per head along d, V bits per head along tokens
     softmax_binarize  scores P [B, H, L, L] -> c P / sqrt(d) + mask -> softmax -> bits along keys  (BiT)
     bool_binarize     scores P -> 1{P > 0} (1{P >= 0}) on real keys                                  (BiBERT)
+    scores_softmax_binarize, scores_bool_binarize: Q, K bits -> the same bits, Q K^T computed inside (no scores array)
     context_binarize  context P [B, H, L, d] -> c P -> bits along the concatenated heads
 
 Where bits follow the affine step directly (Q, K, V; ReLU into FFN2), the bit is a monotone function of the integer
@@ -47,7 +48,7 @@ from binlab.kernels._simd import popcount
 __all__ = ["KIND_CODES", "embed", "binarize_rows", "affine_binarize", "affine", "affine_residual", "qkv_binarize",
            "product_thresholds", "threshold_bits", "qkv_threshold_bits", "softmax_binarize",
            "softmax_binarize_parallel", "scores_softmax_binarize", "scores_softmax_binarize_parallel",
-           "bool_binarize", "context_binarize"]
+           "bool_binarize", "scores_bool_binarize", "context_binarize"]
 
 KIND_CODES = {"sign": 0, "pm1": 1, "01": 2}
 _ONE = np.uint64(1)
@@ -707,6 +708,34 @@ def bool_binarize(scores, zero_to_one, valid, out):
                         if valid[b, j] and (p > 0 or (zero_to_one and p == 0)):
                             word |= _ONE << np.uint64(jj)
                     out[b, h, i, w] = word
+
+
+@njit(cache=True)
+def scores_bool_binarize(qw, kw, d, zero_to_one, valid, out):
+    """BiBERT's Q K^T and Bi-Attention bits in one pass (:func:`bool_binarize` of ``xnor_bmm(qw, kw, d)``, no
+    scores array): with ``m = popcount(Q_i xor K_j)`` over the words, ``P = d - 2 m > 0`` is ``2 m < d`` (``<=``
+    with ``zero_to_one``), on real keys; a byte per key, then words (:func:`_pack`)."""
+    B, H, L, dw = qw.shape
+    bits = _bytes(L)
+    b8 = bits.view(np.uint64)
+    limit = d + 1 if zero_to_one else d  # 2 m < limit
+    for b in range(B):
+        vb = valid[b]
+        for h in range(H):
+            q, k = qw[b, h], kw[b, h]
+            for i in range(L):
+                if dw == 1:
+                    qi = q[i, 0]
+                    for j in range(L):
+                        bits[j] = vb[j] & (2 * popcount(qi ^ k[j, 0]) < limit)
+                else:
+                    for j in range(L):
+                        m = 0
+                        for w in range(dw):
+                            m += popcount(q[i, w] ^ k[j, w])
+                        bits[j] = vb[j] & (2 * m < limit)
+                for w in range(out.shape[3]):
+                    out[b, h, i, w] = _pack(bits, b8, 64 * w, min(64, L - 64 * w))
 
 
 @njit(cache=True)
