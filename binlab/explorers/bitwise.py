@@ -353,13 +353,14 @@ def latency_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def latency_figure(rows: list[dict]):
+def latency_figure(rows: list[dict], source: str = "docs/benchmarks.md"):
+    """Grouped bars of :func:`latency_rows`, one group per shape; ``source`` names the table in the title."""
     fig = Figure()
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     for method in dict.fromkeys(r["method"] for r in rows):
         ms = {r["shape"]: r["ms"] for r in rows if r["method"] == method}
         fig.add_trace(go.Bar(x=shapes, y=[ms.get(s) for s in shapes], name=method))
-    fig.update_layout(title="Latency of one forward pass, one thread (docs/benchmarks.md, after the fused-kernel work)",
+    fig.update_layout(title=f"Latency of one forward pass ({source})",
                       barmode="group",
                       xaxis_title="batch x tokens", yaxis_title="milliseconds (log scale)", yaxis_type="log",
                       height=460, legend=dict(orientation="h", y=-0.3))
