@@ -15,6 +15,12 @@ popcount product and ``a`` the value of one bit (alpha, or 1 for BiBERT's sign):
     FFN2         P = bits(.) . bits(W_2)               AND for BiT's {0, alpha}, XNOR for signs;  LayerNorm(... + h')
     pooler       P = bits(h_CLS) . bits(W_p)           XNOR     tanh(a alpha P + b)
 
+Two shortcuts give the same bits with less work (``PackedBert(..., thresholds=, fused_scores=)`` turn them off):
+where bits follow ``y`` directly (Q, K, V; ReLU into FFN2) they are integer thresholds on P, found once per model
+(:func:`fused.product_thresholds`); and the scores are never stored: Q . K^T runs inside the softmax or bool kernel,
+a few heads at a time (:func:`fused.scores_softmax_binarize`, :func:`fused.scores_bool_binarize`), except when a
+``trace`` asks for them.
+
 BinaryBERT's split model (``PackedModel.split``) runs the same way with two products per binarized layer, one per
 half, each half binarizing its input with its own binarizer: ``y = (a_1 alpha_1 P_1 + b_1) + (a_2 alpha_2 P_2 + b_2)``
 (trace names ``NAME`` and ``NAME.half2``), and the word embedding as the sum of its two packed tables. That path
