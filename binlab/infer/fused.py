@@ -261,7 +261,6 @@ def qkv_threshold_bits(prod, lo, hi, L, H, d, q_out, k_out, v_out):
     """:func:`qkv_binarize` by integer thresholds ``lo, hi [3, A]`` (:func:`product_thresholds` per Q, K, V); the
     same layouts. No float operation."""
     R, A = prod.shape[1], prod.shape[2]
-    dw = q_out.shape[3]
     bits = _bytes(A)
     b8 = bits.view(np.uint64)
     for j in range(2):
@@ -273,9 +272,7 @@ def qkv_threshold_bits(prod, lo, hi, L, H, d, q_out, k_out, v_out):
             pr = pj[r]
             for n in range(A):
                 bits[n] = (pr[n] <= lj[n]) | (pr[n] >= hj[n])
-            for h in range(H):
-                for w in range(dw):
-                    out[bb, h, l, w] = _pack(bits, b8, h * d + 64 * w, min(64, d - 64 * w))
+            _pack_heads(bits, b8, out, bb, l, H, d)
     pj, lj, hj = prod[2], lo[2], hi[2]
     acc = np.zeros(A, np.uint64)
     for r in range(R):
@@ -285,12 +282,7 @@ def qkv_threshold_bits(prod, lo, hi, L, H, d, q_out, k_out, v_out):
         pr = pj[r]
         for n in range(A):
             acc[n] |= np.uint64((pr[n] <= lj[n]) | (pr[n] >= hj[n])) << sh
-        if (l & 63) == 63 or l == L - 1:
-            lw = l >> 6
-            for h in range(H):
-                for e in range(d):
-                    v_out[bb, h, e, lw] = acc[h * d + e]
-                    acc[h * d + e] = 0
+        _flush_tokens(acc, v_out, bb, l, L, H, d)
 
 
 @njit(cache=True)
@@ -311,6 +303,26 @@ def affine_residual(prod, c, b, res, out):
             out[r, n] = (_like(c, prod[r, n]) * c[n] + b[n]) + res[r, n]
 
 
+@njit(cache=True, inline="always")
+def _pack_heads(bits, b8, out, bb, l, H, d):
+    """Token l of batch row bb: a row of bytes per bit (channel h d + e) to ``out[bb, h, l]``, head by head (Q, K)."""
+    for h in range(H):
+        for w in range(out.shape[3]):
+            out[bb, h, l, w] = _pack(bits, b8, h * d + 64 * w, min(64, d - 64 * w))
+
+
+@njit(cache=True, inline="always")
+def _flush_tokens(acc, v_out, bb, l, L, H, d):
+    """V: when token l closes a word of 64 tokens (or the sequence), write each channel's word ``acc`` to
+    ``v_out[bb, h, e]`` and clear it."""
+    if (l & 63) == 63 or l == L - 1:
+        lw = l >> 6
+        for h in range(H):
+            for e in range(d):
+                v_out[bb, h, e, lw] = acc[h * d + e]
+                acc[h * d + e] = 0
+
+
 @njit(cache=True)
 def qkv_binarize(prod, c, b, kinds, alphas, thr, L, H, d, q_out, k_out, v_out):
     """Q, K, V from their products ``P [3, B*L, H*d]``: ``y_j = c_j * P_j + b_j``, bits of ``y_j + thr_j``.
@@ -323,7 +335,6 @@ def qkv_binarize(prod, c, b, kinds, alphas, thr, L, H, d, q_out, k_out, v_out):
     out when 64 tokens (or the sequence) are done.
     """
     R, A = prod.shape[1], prod.shape[2]
-    dw = q_out.shape[3]
     bits = _bytes(A)
     b8 = bits.view(np.uint64)
     n_nan = 0
@@ -342,9 +353,7 @@ def qkv_binarize(prod, c, b, kinds, alphas, thr, L, H, d, q_out, k_out, v_out):
             else:
                 for n in range(A):
                     n_nan += _row_bits((_like(c, pr[n]) * cj[n] + bj[n]) + tj[n], 0, a, bits, n)
-            for h in range(H):
-                for w in range(dw):
-                    out[bb, h, l, w] = _pack(bits, b8, h * d + 64 * w, min(64, d - 64 * w))
+            _pack_heads(bits, b8, out, bb, l, H, d)
     kind = kinds[2]
     a = alphas[2]
     pj, cj, bj, tj = prod[2], c[2], b[2], thr[2]
@@ -364,12 +373,7 @@ def qkv_binarize(prod, c, b, kinds, alphas, thr, L, H, d, q_out, k_out, v_out):
                 v = (_like(c, pr[n]) * cj[n] + bj[n]) + tj[n]
                 n_nan += v != v
                 acc[n] |= np.uint64(v >= 0) << sh
-        if (l & 63) == 63 or l == L - 1:
-            lw = l >> 6
-            for h in range(H):
-                for e in range(d):
-                    v_out[bb, h, e, lw] = acc[h * d + e]
-                    acc[h * d + e] = 0
+        _flush_tokens(acc, v_out, bb, l, L, H, d)
     return n_nan
 
 
