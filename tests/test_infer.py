@@ -759,3 +759,93 @@ def test_command_line_errors_are_one_line(tmp_path):
         proc = binlab(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert words in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the row-wise steps on parts of the rows at once (binlab.infer.rows)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("R, N", [(128, 384), (37, 70), (5, 1)])
+def test_the_layer_norm_and_its_bits_in_parts_of_rows(dtype, R, N):
+    """LayerNorm(c P + b + residual) and its bits for three binarizers: the same whatever the number of parts,
+    the LayerNorm within float64 rounding of torch's (float64) or float32 rounding of it, each binarizer's bits
+    those of fused.binarize_rows on the normalized rows."""
+    from binlab.infer import fused, rows
+    rng = np.random.default_rng(R + N)
+    P = rng.integers(-50, 50, (R, N)).astype(np.int32)
+    c, b, gamma, beta = (rng.normal(size=N).astype(dtype) for _ in range(4))
+    res = rng.normal(size=(R, N)).astype(dtype)
+    kinds, alphas = np.array([0, 2, 1], np.int64), np.array([1, 0.7, 1], dtype)
+    thrs = (0.1 * rng.normal(size=(3, N))).astype(dtype)
+    got = []
+    for n_chunks in (1, 2, 3):
+        out, words = np.full((R, N), 7, dtype), np.full((3, R, (N + 63) // 64), 7, np.uint64)
+        assert rows.residual_layer_norm_binarize(n_chunks, P, c, b, res, gamma, beta, 1e-12, kinds, alphas, thrs,
+                                                 out, words) == 0
+        got.append((out, words))
+    for out, words in got[1:]:
+        assert np.array_equal(out, got[0][0]) and np.array_equal(words, got[0][1])
+    out, words = got[0]
+    y = np.empty((R, N), dtype)
+    fused.affine_residual(P, c, b, res, y)
+    ref = F.layer_norm(*(torch.from_numpy(a).double() for a in (y,)), (N,), torch.from_numpy(gamma).double(),
+                       torch.from_numpy(beta).double(), 1e-12).numpy()
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    assert np.abs(out - ref).max() <= tol * max(1.0, np.abs(ref).max())
+    for j in range(3):
+        want = np.empty((R, (N + 63) // 64), np.uint64)
+        fused.binarize_rows(out, int(kinds[j]), alphas[j:j + 1], thrs[j], want)
+        assert np.array_equal(words[j], want), j
+    out2, none = np.empty((R, N), dtype), np.empty((0, R, (N + 63) // 64), np.uint64)
+    rows.layer_norm_binarize(2, y, gamma, beta, 1e-12, kinds[:0], alphas[:0], thrs[:0], out2, none)
+    assert np.array_equal(out2, out)
+    y[R // 2, N // 2] = np.nan  # a NaN row: every binarizer counts its NaNs
+    assert rows.layer_norm_binarize(2, y, gamma, beta, 1e-12, kinds, alphas, thrs, out2, words) == 3 * N
+
+
+@pytest.mark.parametrize("B, L", [(1, 128), (3, 37), (2, 70), (1, 16), (2, 200)])
+def test_the_threshold_bits_in_parts_of_rows_are_the_serial_kernels(B, L):
+    """Q, K, V bits from integer thresholds (V packed along tokens: parts of whole 64-token words) and the FFN1
+    bits, on 1-4 parts: the serial kernels' words exactly."""
+    from binlab.infer import fused, rows
+    from binlab.kernels.packing import words_for
+    rng = np.random.default_rng(L)
+    H, d = 3, 40
+    A, R = H * d, B * L
+    P = rng.integers(-20, 20, (3, R, A)).astype(np.int32)
+    lo, hi = rng.integers(-25, 0, (3, A)).astype(np.int32), rng.integers(0, 25, (3, A)).astype(np.int32)
+    lo[0, :5], hi[0, :5] = -41, 41  # channels that are always 0
+    results = []
+    for n_chunks in (0, 1, 2, 3, 4):
+        q, k = (np.full((B, H, L, 1), 7, np.uint64) for _ in range(2))
+        v = np.full((B, H, d, words_for(L)), 7, np.uint64)
+        ffn = np.full((R, words_for(A)), 7, np.uint64)
+        if n_chunks == 0:
+            fused.qkv_threshold_bits(P, lo, hi, L, H, d, q, k, v)
+            fused.threshold_bits(P[1], lo[1], hi[1], ffn)
+        else:
+            rows.qkv_threshold_bits_parallel(n_chunks, P, lo, hi, L, H, d, q, k, v)
+            rows.threshold_bits_parallel(n_chunks, P[1], lo[1], hi[1], ffn)
+        results.append((q, k, v, ffn))
+    for n_chunks, got in enumerate(results[1:], 1):
+        assert all(np.array_equal(a, b) for a, b in zip(got, results[0])), n_chunks
+    assert (results[0][2] != 0).any() and (results[0][0] != 0).any()
+
+
+def test_the_engine_gives_the_same_logits_with_the_rows_in_parts(exported, monkeypatch):
+    """Above engine.ROWS_PARALLEL_MIN rows the row-wise steps run on numba's threads; the logits do not change."""
+    import numba
+    from binlab.infer import engine as engine_module
+    for name in ("bit", "bibert"):
+        engine = PackedBert(exported[name][1])
+        ids, mask, types = batch(3, 70, seed=5)
+        monkeypatch.setattr(engine_module, "ROWS_PARALLEL_MIN", 1 << 62)
+        serial = engine(ids, mask, types)
+        monkeypatch.setattr(engine_module, "ROWS_PARALLEL_MIN", 0)
+        threads = numba.get_num_threads()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        try:
+            assert torch.equal(engine(ids, mask, types), serial), name
+        finally:
+            numba.set_num_threads(threads)

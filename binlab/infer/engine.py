@@ -26,6 +26,10 @@ half, each half binarizing its input with its own binarizer: ``y = (a_1 alpha_1 
 (trace names ``NAME`` and ``NAME.half2``), and the word embedding as the sum of its two packed tables. That path
 sums the halves in numpy rather than in the fused kernels: it is there to run the model exactly, not fast.
 
+The row-wise steps (each LayerNorm with the bits of the next products' inputs in the same pass, the integer
+thresholds) run on parts of the rows at once, one per numba thread, above :data:`ROWS_PARALLEL_MIN` rows
+(:mod:`binlab.infer.rows`; the same bits on any number of parts).
+
 LayerNorm, softmax, GELU, tanh, the residual sums, the embedding sum and the classifier stay float (the
 classifier as an elementwise product and a sum: no float matrix product runs anywhere in the forward pass). Floats
 are ``dtype``: float32, or float64 to compare with a float64 fake-quant model. In float64 the integer products
@@ -46,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from binlab.infer import fused
+from binlab.infer import fused, rows
 from binlab.infer.packed import (HALF2, Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
                                  probs_binarizer, qkv_binarizer)
 from binlab.kernels.packing import words_for
@@ -85,6 +89,8 @@ LAYER_STEPS = tuple(name for name, _ in STEPS if name not in ("inputs", "embeddi
 _DTYPES = (torch.float32, torch.float64)
 #: BiT's softmax over fewer scores than this runs serially (a thread launch costs more than it saves).
 PARALLEL_MIN_WORK = 1 << 16
+#: the row-wise steps (:mod:`binlab.infer.rows`) of a pass with fewer rows (tokens in the batch) than this run serially
+ROWS_PARALLEL_MIN = 32
 
 
 @dataclass
@@ -194,7 +200,7 @@ class PackedBert:
             self.word_scale2 = self._fp(f"embeddings.word.{HALF2}.scale")
         self.position = self._fp("embeddings.position")
         self.token_type = self._fp("embeddings.token_type")
-        self.emb_ln = (self._tensor("embeddings.ln.weight"), self._tensor("embeddings.ln.bias"))
+        self.emb_ln = (self._fp("embeddings.ln.weight"), self._fp("embeddings.ln.bias"))
         # every binarized layer by its packed name: a split model's second halves under NAME.half2
         self.suffixes = ("", f".{HALF2}") if self.split else ("",)
         self.linears = {name + s: self._linear(name + s, k, n, input_binarizer(q, signed))
@@ -222,12 +228,38 @@ class PackedBert:
                 "qkv_thr": np.stack([a.thr for a in acts]),
                 "scores_c": acts[0].value * acts[1].value,
                 "probs": None if probs is None else self._act(p + "probs_act", probs, 1),
-                "attention_ln": (self._tensor(p + "attention_ln.weight"), self._tensor(p + "attention_ln.bias")),
-                "ffn_ln": (self._tensor(p + "ffn_ln.weight"), self._tensor(p + "ffn_ln.bias")),
+                "attention_ln": (self._fp(p + "attention_ln.weight"), self._fp(p + "attention_ln.bias")),
+                "ffn_ln": (self._fp(p + "ffn_ln.weight"), self._fp(p + "ffn_ln.bias")),
+                # the binarizers a LayerNorm's output feeds, packed in the LayerNorm's pass (none for a split model)
+                "qkv_in": self._binarizers([] if self.split else qkv_halves[0][1]),
+                "ffn_in": self._binarizers([] if self.split else [self.linears[p + "intermediate"].act]),
             })
             if thresholds and not self.split:
                 self._add_thresholds(self.layers[-1])
         self.classifier = (self._tensor("classifier.weight"), self._tensor("classifier.bias"))
+
+    def _binarizers(self, acts: list[_Act]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kinds [J], alphas [J], thresholds [J, D]) of J input binarizers, for :mod:`binlab.infer.rows`."""
+        D = self.config.hidden_size
+        return (np.array([a.code for a in acts], np.int64), np.array([a.alpha[0] for a in acts], self._np),
+                np.array([a.thr for a in acts], self._np).reshape(len(acts), D))
+
+    def _norm(self, y: np.ndarray, ln, binarizers, prod=None, lin=None) -> tuple[np.ndarray, np.ndarray]:
+        """``LayerNorm(c P + b + y)`` (``prod``, ``lin``) or ``LayerNorm(y)`` [R, D], and its bits for each of the
+        ``binarizers`` [J, R, DW] (:func:`rows.residual_layer_norm_binarize`, on parts of the rows at once)."""
+        kinds, alphas, thrs = binarizers
+        R, D = y.shape
+        out = np.empty((R, D), self._np)
+        words = np.empty((kinds.shape[0], R, words_for(D)), np.uint64)
+        n_chunks = self._chunks(R)
+        if prod is None:
+            n_nan = rows.layer_norm_binarize(n_chunks, y, ln[0], ln[1], self.config.layer_norm_eps, kinds, alphas,
+                                             thrs, out, words)
+        else:
+            n_nan = rows.residual_layer_norm_binarize(n_chunks, prod, lin.c, lin.bias, y, ln[0], ln[1],
+                                                      self.config.layer_norm_eps, kinds, alphas, thrs, out, words)
+        _check_nan(n_nan, "a LayerNorm's output")
+        return out, words
 
     def _add_thresholds(self, layer: dict) -> None:
         """Integer thresholds on the products for the bits that follow an affine step directly (Q, K, V; FFN1
@@ -305,24 +337,26 @@ class PackedBert:
         return input_ids.long(), attention_mask, token_type_ids.long()
 
     def _layer_norm(self, x: np.ndarray, ln) -> np.ndarray:
-        t = F.layer_norm(torch.from_numpy(x), (x.shape[-1],), ln[0], ln[1], self.config.layer_norm_eps)
-        return t.numpy()
+        return self._norm(np.ascontiguousarray(x), ln, self._binarizers([]))[0]
 
     def _binarize(self, x: np.ndarray, act: _Act, where: str) -> np.ndarray:
         out = np.empty((x.shape[0], words_for(x.shape[1])), np.uint64)
         _check_nan(fused.binarize_rows(x, act.code, act.alpha, act.thr, out), where)
         return out
 
-    def _attention(self, layer: dict, h: np.ndarray, B: int, L: int, mask: np.ndarray, valid: np.ndarray,
-                   trace: dict | None, lap=_no_lap) -> list[np.ndarray]:
-        """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)], one array per half."""
+    def _attention(self, layer: dict, h: np.ndarray, hw: np.ndarray, B: int, L: int, mask: np.ndarray,
+                   valid: np.ndarray, trace: dict | None, lap=_no_lap) -> list[np.ndarray]:
+        """h [B*L, D] -> the attention output's input bits [B*L, ceil(A / 64)], one array per half. ``hw``: the
+        bits of h for Q, K, V [3, B*L, DW] if the LayerNorm made them (``layer["qkv_in"]``), else empty."""
         p, H, d = layer["prefix"], self.num_heads, self.head_size
         halves = layer["qkv_halves"]
         prods = []
         for _, inputs, weight, _, _ in halves:
-            x = np.empty((3, h.shape[0], words_for(h.shape[1])), np.uint64)  # [3, B*L, DW]: written in place
-            for j, a in enumerate(inputs):
-                _check_nan(fused.binarize_rows(h, a.code, a.alpha, a.thr, x[j]), p + "qkv input")
+            x = hw
+            if not len(hw):
+                x = np.empty((3, h.shape[0], words_for(h.shape[1])), np.uint64)  # [3, B*L, DW]: written in place
+                for j, a in enumerate(inputs):
+                    _check_nan(fused.binarize_rows(h, a.code, a.alpha, a.thr, x[j]), p + "qkv input")
             lap(p + "qkv.pack")
             prods.append(xnor_bmm(x, weight, self.config.hidden_size, backend=self.backend).numpy())
             lap(p + "qkv.gemm")
@@ -335,7 +369,7 @@ class PackedBert:
         qw, kw = np.empty((B, H, L, dw), np.uint64), np.empty((B, H, L, dw), np.uint64)
         vw = np.empty((B, H, d, lw), np.uint64)
         if layer.get("qkv_lohi") is not None:  # the same bits from integer thresholds on P
-            fused.qkv_threshold_bits(prod, *layer["qkv_lohi"], L, H, d, qw, kw, vw)
+            rows.qkv_threshold_bits_parallel(self._chunks(B * L), prod, *layer["qkv_lohi"], L, H, d, qw, kw, vw)
         else:
             _check_nan(fused.qkv_binarize(prod, c, b, layer["qkv_kinds"], layer["qkv_alphas"],
                                           layer["qkv_thr"], L, H, d, qw, kw, vw), p + "Q, K, V")
@@ -389,20 +423,22 @@ class PackedBert:
         lap(p + "attn_out.pack")
         return out
 
-    def _ffn(self, layer: dict, h: np.ndarray, trace: dict | None, lap=_no_lap) -> np.ndarray:
-        """h [B*L, D] (after the attention's LayerNorm) -> the FFN block's output, LayerNorm included."""
+    def _ffn(self, layer: dict, h: np.ndarray, bits: np.ndarray, following, trace: dict | None,
+             lap=_no_lap) -> tuple[np.ndarray, np.ndarray]:
+        """h [B*L, D] (after the attention's LayerNorm) and its bits for FFN1 [1, B*L, DW] -> the FFN block's
+        output, LayerNorm included, and its bits for the ``following`` binarizers (the next layer's Q, K, V)."""
         p = layer["prefix"]
         if self.split:
-            return self._ffn_split(layer, h, trace, lap)
+            return self._ffn_split(layer, h, trace, lap), bits[:0]
         inter, out_lin = self.linears[p + "intermediate"], self.linears[p + "output"]
-        bits = self._binarize(h, inter.act, p + "intermediate input")
+        bits = bits[0]
         lap(p + "ffn1.pack")
         prod = inter.product(bits, self.backend)
         lap(p + "ffn1.gemm")
         words = np.empty((h.shape[0], words_for(inter.n)), np.uint64)
         act = out_lin.act
         if layer.get("ffn1_lohi") is not None:  # the same bits from integer thresholds on P
-            fused.threshold_bits(prod, *layer["ffn1_lohi"], words)
+            rows.threshold_bits_parallel(self._chunks(h.shape[0]), prod, *layer["ffn1_lohi"], words)
         elif self.config.quant.ffn_act == "relu":  # ReLU and the binarizer in one pass: {0, alpha} (BiT) or signs
             _check_nan(fused.affine_binarize(prod, inter.c, inter.bias, True, act.code, act.alpha, act.thr, words),
                        p + "FFN output input")
@@ -416,9 +452,7 @@ class PackedBert:
         if trace is not None:
             trace[p + "intermediate"] = torch.from_numpy(prod)
             trace[p + "output"] = torch.from_numpy(prod2)
-        y = np.empty(h.shape, self._np)
-        fused.affine_residual(prod2, out_lin.c, out_lin.bias, h, y)
-        out = self._layer_norm(y, layer["ffn_ln"])
+        out = self._norm(h, layer["ffn_ln"], following, prod2, out_lin)
         lap(p + "ffn2.ln")
         return out
 
@@ -447,6 +481,11 @@ class PackedBert:
         lap(p + "ffn2.ln")
         return out
 
+    def _chunks(self, n_rows: int) -> int:
+        """Parts of the rows the row-wise steps run on at once: numba's thread count, or 1 below
+        :data:`ROWS_PARALLEL_MIN` rows."""
+        return numba.get_num_threads() if n_rows >= ROWS_PARALLEL_MIN else 1
+
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, trace: dict | None = None,
@@ -468,11 +507,12 @@ class PackedBert:
                               self.position, self.token_type, x)
         else:
             fused.embed(ids, types, self.word_bits, self.word_scale, self.position, self.token_type, x)
-        h = self._layer_norm(x, self.emb_ln).reshape(B * L, D)
+        h, hw = self._norm(x.reshape(B * L, D), self.emb_ln, self.layers[0]["qkv_in"])
         lap("embeddings")
-        for layer in self.layers:
+        no_bits = self._binarizers([])
+        for i, layer in enumerate(self.layers):
             p = layer["prefix"]
-            words = self._attention(layer, h, B, L, mask, valid, trace, lap)
+            words = self._attention(layer, h, hw, B, L, mask, valid, trace, lap)
             lins = self._halves(p + "attention_output")
             prods = [lin.product(w, self.backend) for w, (_, lin) in zip(words, lins)]
             lap(p + "attn_out.gemm")
@@ -480,14 +520,13 @@ class PackedBert:
                 for (key, _), prod in zip(lins, prods):
                     trace[key] = torch.from_numpy(prod)
             if self.split:
-                y = sum(lin.affine(pr) for (_, lin), pr in zip(lins, prods)) + h
+                h, hw = self._norm(sum(lin.affine(pr) for (_, lin), pr in zip(lins, prods)) + h,
+                                   layer["attention_ln"], no_bits)
             else:
-                lin = lins[0][1]
-                y = np.empty(h.shape, self._np)
-                fused.affine_residual(prods[0], lin.c, lin.bias, h, y)
-            h = self._layer_norm(y, layer["attention_ln"])
+                h, hw = self._norm(h, layer["attention_ln"], layer["ffn_in"], prods[0], lins[0][1])
             lap(p + "attn_out.ln")
-            h = self._ffn(layer, h, trace, lap)
+            following = self.layers[i + 1]["qkv_in"] if i + 1 < len(self.layers) else no_bits
+            h, hw = self._ffn(layer, h, hw, following, trace, lap)
         pooler = self.linears["pooler"]
         cls = np.ascontiguousarray(h.reshape(B, L, D)[:, 0])
         if self.split:

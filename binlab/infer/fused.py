@@ -30,8 +30,8 @@ the number of NaNs they met, for the caller to raise on (a NaN has no bit).
 
 ``softmax_binarize_parallel(n_chunks, ...)`` is BiT's softmax with its (batch row, head) pairs cut into contiguous
 ranges under ``prange``; every row is computed by the same operations in the same order, so its bits are the serial
-kernel's whatever the thread count. The other kernels stay serial: at the sizes of a forward pass, a thread launch
-(about 15-20 us on the 2-core machine) costs about what a second thread saves (docs/benchmarks.md).
+kernel's whatever the thread count. :mod:`binlab.infer.rows` runs the row-wise kernels the same way on parts of
+the rows (and holds the LayerNorm, fused with the bits that follow it).
 """
 
 from __future__ import annotations
