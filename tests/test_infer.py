@@ -849,3 +849,24 @@ def test_the_engine_gives_the_same_logits_with_the_rows_in_parts(exported, monke
             assert torch.equal(engine(ids, mask, types), serial), name
         finally:
             numba.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("B, H, L, d", [(1, 4, 128, 32), (3, 2, 37, 8), (1, 3, 5, 70)])
+def test_the_context_and_row_bits_in_parts_are_the_serial_kernels(B, H, L, d):
+    from binlab.infer import fused, rows
+    rng = np.random.default_rng(L + d)
+    ctx = rng.integers(-L, L + 1, (B, H, L, d)).astype(np.int32)
+    thr = (0.1 * rng.normal(size=H * d)).astype(np.float32)
+    c, alpha = np.array([0.3], np.float32), np.array([0.5], np.float32)
+    x = rng.normal(size=(B * L, H * d)).astype(np.float32)
+    for kind in (0, 2):
+        want = np.empty((B * L, (H * d + 63) // 64), np.uint64)
+        fused.context_binarize(ctx, c, kind, alpha, thr, want)
+        want_x = np.empty_like(want)
+        fused.binarize_rows(x, kind, alpha, thr, want_x)
+        for n_chunks in (1, 2, 3):
+            got = np.full_like(want, 7)
+            assert rows.context_binarize_parallel(n_chunks, ctx, c, kind, alpha, thr, got) == 0
+            assert np.array_equal(got, want), (kind, n_chunks)
+            assert rows.binarize_rows_parallel(n_chunks, x, kind, alpha, thr, got) == 0
+            assert np.array_equal(got, want_x), (kind, n_chunks)

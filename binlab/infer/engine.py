@@ -341,7 +341,7 @@ class PackedBert:
 
     def _binarize(self, x: np.ndarray, act: _Act, where: str) -> np.ndarray:
         out = np.empty((x.shape[0], words_for(x.shape[1])), np.uint64)
-        _check_nan(fused.binarize_rows(x, act.code, act.alpha, act.thr, out), where)
+        _check_nan(rows.binarize_rows_parallel(self._chunks(x.shape[0]), x, act.code, act.alpha, act.thr, out), where)
         return out
 
     def _attention(self, layer: dict, h: np.ndarray, hw: np.ndarray, B: int, L: int, mask: np.ndarray,
@@ -417,8 +417,9 @@ class PackedBert:
         out = []
         for _, out_lin in self._halves(p + "attention_output"):
             words = np.empty((B * L, words_for(H * d)), np.uint64)
-            _check_nan(fused.context_binarize(ctx, np.ascontiguousarray(ctx_value), out_lin.act.code,
-                                              out_lin.act.alpha, out_lin.act.thr, words), p + "attention output input")
+            _check_nan(rows.context_binarize_parallel(self._chunks(B * L), ctx, np.ascontiguousarray(ctx_value),
+                                                      out_lin.act.code, out_lin.act.alpha, out_lin.act.thr, words),
+                       p + "attention output input")
             out.append(words)
         lap(p + "attn_out.pack")
         return out

@@ -9,6 +9,8 @@ bits do not depend on the number of parts. ``n_chunks = 1`` is the serial kernel
     layer_norm_binarize            x [R, N] -> LayerNorm(x), and its bits                (after the embeddings)
     threshold_bits_parallel        :func:`fused.threshold_bits` by parts of rows        (ReLU into FFN2)
     qkv_threshold_bits_parallel    :func:`fused.qkv_threshold_bits` by parts made of whole 64-token words of V
+    binarize_rows_parallel         :func:`fused.binarize_rows` by parts of rows           (GELU into FFN2)
+    context_binarize_parallel      :func:`fused.context_binarize` by batch rows or tokens (into W_o)
 
 The LayerNorm is ``(y - mean) / sqrt(var + eps) * gamma + beta`` with the biased variance, as torch's; mean and
 variance are summed in float64 (in vector lanes: :func:`_sum`) whatever the dtype of y, and the result is
@@ -23,10 +25,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from binlab.infer.fused import _bytes, _flush_tokens, _like, _pack, _pack_heads, _row_bits, threshold_bits
+from binlab.infer.fused import (_bytes, _flush_tokens, _like, _pack, _pack_heads, _row_bits, binarize_rows,
+                                context_binarize, threshold_bits)
 
 __all__ = ["layer_norm_binarize", "residual_layer_norm_binarize", "threshold_bits_parallel",
-           "qkv_threshold_bits_parallel"]
+           "qkv_threshold_bits_parallel", "binarize_rows_parallel", "context_binarize_parallel"]
 
 
 @njit(cache=True, fastmath={"reassoc"})
@@ -147,3 +150,30 @@ def qkv_threshold_bits_parallel(n_chunks, prod, lo, hi, L, H, d, q_out, k_out, v
     for ch in prange(n_chunks):
         _qkv_units(ch * n_units // n_chunks, (ch + 1) * n_units // n_chunks, prod, lo, hi, L, H, d, q_out, k_out,
                    v_out)
+
+
+@njit(cache=True, parallel=True)
+def binarize_rows_parallel(n_chunks, x, kind, alpha, thr, out):
+    """:func:`fused.binarize_rows` on ``n_chunks`` parts of the rows; the NaN count."""
+    R = x.shape[0]
+    n_nan = 0
+    for ch in prange(n_chunks):
+        r0, r1 = ch * R // n_chunks, (ch + 1) * R // n_chunks
+        n_nan += binarize_rows(x[r0:r1], kind, alpha, thr, out[r0:r1])
+    return n_nan
+
+
+@njit(cache=True, parallel=True)
+def context_binarize_parallel(n_chunks, ctx, c, kind, alpha, thr, out):
+    """:func:`fused.context_binarize` on ``n_chunks`` parts of the batch rows (B > 1) or of the tokens; the NaN
+    count."""
+    B, L = ctx.shape[0], ctx.shape[2]
+    n_nan = 0
+    for ch in prange(n_chunks):
+        if B > 1:
+            b0, b1 = ch * B // n_chunks, (ch + 1) * B // n_chunks
+            n_nan += context_binarize(ctx[b0:b1], c, kind, alpha, thr, out[b0 * L:b1 * L])
+        else:
+            l0, l1 = ch * L // n_chunks, (ch + 1) * L // n_chunks
+            n_nan += context_binarize(ctx[:, :, l0:l1], c, kind, alpha, thr, out[l0:l1])
+    return n_nan
