@@ -320,9 +320,10 @@ class PackedBert:
         B, L = input_ids.shape
         if L > c.max_position_embeddings:
             raise ValueError(f"sequence length {L} exceeds max_position_embeddings={c.max_position_embeddings}")
-        if int(input_ids.min()) < 0 or int(input_ids.max()) >= c.vocab_size:
-            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got range "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        ids = input_ids.numpy()  # the checks in numpy: a few us each, where torch's small ops cost several times that
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= c.vocab_size:
+            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got range [{lo}, {hi}]")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
@@ -330,9 +331,11 @@ class PackedBert:
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if tuple(t.shape) != (B, L):
                 raise ValueError(f"{name} must have the shape of input_ids {(B, L)}, got {tuple(t.shape)}")
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        m = attention_mask.numpy()
+        if not ((m == 0) | (m == 1)).all():
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= c.type_vocab_size:
+        types = token_type_ids.numpy()
+        if int(types.min()) < 0 or int(types.max()) >= c.type_vocab_size:
             raise ValueError(f"token_type_ids must be in [0, {c.type_vocab_size})")
         return input_ids.long(), attention_mask, token_type_ids.long()
 
@@ -497,9 +500,9 @@ class PackedBert:
         input_ids, attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
         B, L = input_ids.shape
         D = self.config.hidden_size
-        m = attention_mask.to(self.dtype)
-        mask = np.ascontiguousarray(((1.0 - m) * MASK_VALUE).numpy())  # [B, L], the model's additive mask
         valid = np.ascontiguousarray(attention_mask.numpy() != 0)
+        m = valid.astype(self._np)
+        mask = (self._np.type(1.0) - m) * self._np.type(MASK_VALUE)  # [B, L], the model's additive mask
         lap("inputs")
         x = np.empty((B, L, D), self._np)
         ids, types = input_ids.contiguous().numpy(), token_type_ids.contiguous().numpy()
