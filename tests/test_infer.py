@@ -379,21 +379,25 @@ def test_the_fused_scores_change_no_logit(exported, name):
         assert torch.equal(fast(ids, mask, types), slow(ids, mask, types))
 
 
-def test_the_engine_gives_the_same_logits_with_the_parallel_softmax(exported, monkeypatch):
-    """Above engine.PARALLEL_MIN_WORK scores BiT's softmax runs on numba's threads; the logits do not change."""
+@pytest.mark.parametrize("setting, names", [("PARALLEL_MIN_WORK", ("bit",)),
+                                            ("ROWS_PARALLEL_MIN", ("bit", "bibert"))])
+def test_the_engine_gives_the_same_logits_on_numbas_threads(exported, monkeypatch, setting, names):
+    """Above engine.PARALLEL_MIN_WORK scores BiT's softmax, and above engine.ROWS_PARALLEL_MIN rows the row-wise
+    steps (binlab.infer.rows), run on numba's threads; the logits do not change."""
     import numba
     from binlab.infer import engine as engine_module
-    engine = PackedBert(exported["bit"][1])
-    ids, mask, types = batch(3, 70, seed=4)
-    monkeypatch.setattr(engine_module, "PARALLEL_MIN_WORK", 1 << 62)
-    serial = engine(ids, mask, types)
-    monkeypatch.setattr(engine_module, "PARALLEL_MIN_WORK", 0)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-    try:
-        assert torch.equal(engine(ids, mask, types), serial)
-    finally:
-        numba.set_num_threads(threads)
+    for name in names:
+        engine = PackedBert(exported[name][1])
+        ids, mask, types = batch(3, 70, seed=4)
+        monkeypatch.setattr(engine_module, setting, 1 << 62)
+        serial = engine(ids, mask, types)
+        monkeypatch.setattr(engine_module, setting, 0)
+        threads = numba.get_num_threads()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        try:
+            assert torch.equal(engine(ids, mask, types), serial), name
+        finally:
+            numba.set_num_threads(threads)
 
 
 def _threshold_case(rng, N, dtype, k):
@@ -832,23 +836,6 @@ def test_the_threshold_bits_in_parts_of_rows_are_the_serial_kernels(B, L):
         assert all(np.array_equal(a, b) for a, b in zip(got, results[0])), n_chunks
     assert (results[0][2] != 0).any() and (results[0][0] != 0).any()
 
-
-def test_the_engine_gives_the_same_logits_with_the_rows_in_parts(exported, monkeypatch):
-    """Above engine.ROWS_PARALLEL_MIN rows the row-wise steps run on numba's threads; the logits do not change."""
-    import numba
-    from binlab.infer import engine as engine_module
-    for name in ("bit", "bibert"):
-        engine = PackedBert(exported[name][1])
-        ids, mask, types = batch(3, 70, seed=5)
-        monkeypatch.setattr(engine_module, "ROWS_PARALLEL_MIN", 1 << 62)
-        serial = engine(ids, mask, types)
-        monkeypatch.setattr(engine_module, "ROWS_PARALLEL_MIN", 0)
-        threads = numba.get_num_threads()
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        try:
-            assert torch.equal(engine(ids, mask, types), serial), name
-        finally:
-            numba.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("B, H, L, d", [(1, 4, 128, 32), (3, 2, 37, 8), (1, 3, 5, 70)])
