@@ -237,6 +237,7 @@ class PackedBert:
             if thresholds and not self.split:
                 self._add_thresholds(self.layers[-1])
         self.classifier = (self._tensor("classifier.weight"), self._tensor("classifier.bias"))
+        self.no_bits = self._binarizers([])  # a LayerNorm whose output feeds no binarizer of its pass
 
     def _binarizers(self, acts: list[_Act]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(kinds [J], alphas [J], thresholds [J, D]) of J input binarizers, for :mod:`binlab.infer.rows`."""
@@ -340,7 +341,7 @@ class PackedBert:
         return input_ids.long(), attention_mask, token_type_ids.long()
 
     def _layer_norm(self, x: np.ndarray, ln) -> np.ndarray:
-        return self._norm(np.ascontiguousarray(x), ln, self._binarizers([]))[0]
+        return self._norm(np.ascontiguousarray(x), ln, self.no_bits)[0]
 
     def _binarize(self, x: np.ndarray, act: _Act, where: str) -> np.ndarray:
         out = np.empty((x.shape[0], words_for(x.shape[1])), np.uint64)
@@ -513,7 +514,6 @@ class PackedBert:
             fused.embed(ids, types, self.word_bits, self.word_scale, self.position, self.token_type, x)
         h, hw = self._norm(x.reshape(B * L, D), self.emb_ln, self.layers[0]["qkv_in"])
         lap("embeddings")
-        no_bits = self._binarizers([])
         for i, layer in enumerate(self.layers):
             p = layer["prefix"]
             words = self._attention(layer, h, hw, B, L, mask, valid, trace, lap)
@@ -525,11 +525,11 @@ class PackedBert:
                     trace[key] = torch.from_numpy(prod)
             if self.split:
                 h, hw = self._norm(sum(lin.affine(pr) for (_, lin), pr in zip(lins, prods)) + h,
-                                   layer["attention_ln"], no_bits)
+                                   layer["attention_ln"], self.no_bits)
             else:
                 h, hw = self._norm(h, layer["attention_ln"], layer["ffn_in"], prods[0], lins[0][1])
             lap(p + "attn_out.ln")
-            following = self.layers[i + 1]["qkv_in"] if i + 1 < len(self.layers) else no_bits
+            following = self.layers[i + 1]["qkv_in"] if i + 1 < len(self.layers) else self.no_bits
             h, hw = self._ffn(layer, h, hw, following, trace, lap)
         pooler = self.linears["pooler"]
         cls = np.ascontiguousarray(h.reshape(B, L, D)[:, 0])

@@ -257,32 +257,37 @@ def threshold_bits(prod, lo, hi, out):
 
 
 @njit(cache=True)
+def qkv_threshold_units(u0, u1, prod, lo, hi, L, H, d, q_out, k_out, v_out):
+    """Units ``u0 <= u < u1`` of :func:`qkv_threshold_bits`: unit u is tokens ``64 t .. 64 t + 63`` of batch row
+    ``bb`` (u = bb * ceil(L / 64) + t), so that a run of units writes whole words of V (the parallel form,
+    :func:`binlab.infer.rows.qkv_threshold_bits_parallel`, gives each thread such a run)."""
+    A = prod.shape[2]
+    n_words = (L + 63) // 64
+    bits = _bytes(A)
+    b8 = bits.view(np.uint64)
+    acc = np.zeros(A, np.uint64)
+    for u in range(u0, u1):
+        bb = u // n_words
+        l0 = 64 * (u - bb * n_words)
+        for l in range(l0, min(L, l0 + 64)):
+            r = bb * L + l
+            for j in range(2):
+                pr, lj, hj = prod[j, r], lo[j], hi[j]
+                for n in range(A):
+                    bits[n] = (pr[n] <= lj[n]) | (pr[n] >= hj[n])
+                _pack_heads(bits, b8, q_out if j == 0 else k_out, bb, l, H, d)
+            sh = np.uint64(l & 63)
+            pr, lj, hj = prod[2, r], lo[2], hi[2]
+            for n in range(A):
+                acc[n] |= np.uint64((pr[n] <= lj[n]) | (pr[n] >= hj[n])) << sh
+            _flush_tokens(acc, v_out, bb, l, L, H, d)
+
+
+@njit(cache=True)
 def qkv_threshold_bits(prod, lo, hi, L, H, d, q_out, k_out, v_out):
     """:func:`qkv_binarize` by integer thresholds ``lo, hi [3, A]`` (:func:`product_thresholds` per Q, K, V); the
     same layouts. No float operation."""
-    R, A = prod.shape[1], prod.shape[2]
-    bits = _bytes(A)
-    b8 = bits.view(np.uint64)
-    for j in range(2):
-        out = q_out if j == 0 else k_out
-        pj, lj, hj = prod[j], lo[j], hi[j]
-        for r in range(R):
-            bb = r // L
-            l = r - bb * L
-            pr = pj[r]
-            for n in range(A):
-                bits[n] = (pr[n] <= lj[n]) | (pr[n] >= hj[n])
-            _pack_heads(bits, b8, out, bb, l, H, d)
-    pj, lj, hj = prod[2], lo[2], hi[2]
-    acc = np.zeros(A, np.uint64)
-    for r in range(R):
-        bb = r // L
-        l = r - bb * L
-        sh = np.uint64(l & 63)
-        pr = pj[r]
-        for n in range(A):
-            acc[n] |= np.uint64((pr[n] <= lj[n]) | (pr[n] >= hj[n])) << sh
-        _flush_tokens(acc, v_out, bb, l, L, H, d)
+    qkv_threshold_units(0, (prod.shape[1] // L) * ((L + 63) // 64), prod, lo, hi, L, H, d, q_out, k_out, v_out)
 
 
 @njit(cache=True)

@@ -25,8 +25,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from binlab.infer.fused import (_bytes, _flush_tokens, _like, _pack, _pack_heads, _row_bits, binarize_rows,
-                                context_binarize, threshold_bits)
+from binlab.infer.fused import (_bytes, _pack, _row_bits, affine_residual, binarize_rows, context_binarize,
+                                qkv_threshold_units, threshold_bits)
 
 __all__ = ["layer_norm_binarize", "residual_layer_norm_binarize", "threshold_bits_parallel",
            "qkv_threshold_bits_parallel", "binarize_rows_parallel", "context_binarize_parallel"]
@@ -74,17 +74,16 @@ def _ln_row_bits(y, gamma, beta, eps, kinds, alphas, thrs, out, words, r, bits, 
 @njit(cache=True)
 def _residual_ln_range(r0, r1, prod, c, b, res, gamma, beta, eps, kinds, alphas, thrs, out, words):
     N = out.shape[1]
-    y = np.empty(N, out.dtype)
+    y = np.empty((1, N), out.dtype)
     bits = _bytes(N)
     b8 = bits.view(np.uint64)
     n_nan = 0
     for r in range(r0, r1):
         if prod is None:
-            y[:] = res[r]
+            y[0] = res[r]
         else:
-            for n in range(N):
-                y[n] = (_like(c, prod[r, n]) * c[n] + b[n]) + res[r, n]
-        n_nan += _ln_row_bits(y, gamma, beta, eps, kinds, alphas, thrs, out[r], words, r, bits, b8)
+            affine_residual(prod[r:r + 1], c, b, res[r:r + 1], y)
+        n_nan += _ln_row_bits(y[0], gamma, beta, eps, kinds, alphas, thrs, out[r], words, r, bits, b8)
     return n_nan
 
 
@@ -92,7 +91,8 @@ def _residual_ln_range(r0, r1, prod, c, b, res, gamma, beta, eps, kinds, alphas,
 def residual_layer_norm_binarize(n_chunks, prod, c, b, res, gamma, beta, eps, kinds, alphas, thrs, out, words):
     """``out = LayerNorm((c * P + b) + res)`` row by row (``prod`` None: ``LayerNorm(res)``), then for each
     binarizer j (``kinds, alphas [J]``, ``thrs [J, N]``; J may be 0) the bits of ``out + thrs[j]`` into
-    ``words [J, R, ceil(N / 64)]``. The affine step is :func:`fused.affine_residual`'s. Returns the NaN count."""
+    ``words [J, R, ceil(N / 64)]``. The affine step is :func:`fused.affine_residual`, a row at a time. Returns the NaN
+    count."""
     R = out.shape[0]
     n_nan = 0
     for ch in prange(n_chunks):
@@ -116,40 +116,14 @@ def threshold_bits_parallel(n_chunks, prod, lo, hi, out):
         threshold_bits(prod[r0:r1], lo, hi, out[r0:r1])
 
 
-@njit(cache=True)
-def _qkv_units(u0, u1, prod, lo, hi, L, H, d, q_out, k_out, v_out):
-    """Units ``u0 <= u < u1`` of :func:`qkv_threshold_bits_parallel`: unit u is tokens ``64 t .. 64 t + 63`` of
-    batch row ``bb`` (u = bb * ceil(L / 64) + t), so that each part writes whole words of V."""
-    A = prod.shape[2]
-    n_words = (L + 63) // 64
-    bits = _bytes(A)
-    b8 = bits.view(np.uint64)
-    acc = np.zeros(A, np.uint64)
-    for u in range(u0, u1):
-        bb = u // n_words
-        l0 = 64 * (u - bb * n_words)
-        for l in range(l0, min(L, l0 + 64)):
-            r = bb * L + l
-            for j in range(2):
-                pr, lj, hj = prod[j, r], lo[j], hi[j]
-                for n in range(A):
-                    bits[n] = (pr[n] <= lj[n]) | (pr[n] >= hj[n])
-                _pack_heads(bits, b8, q_out if j == 0 else k_out, bb, l, H, d)
-            sh = np.uint64(l & 63)
-            pr, lj, hj = prod[2, r], lo[2], hi[2]
-            for n in range(A):
-                acc[n] |= np.uint64((pr[n] <= lj[n]) | (pr[n] >= hj[n])) << sh
-            _flush_tokens(acc, v_out, bb, l, L, H, d)
-
-
 @njit(cache=True, parallel=True)
 def qkv_threshold_bits_parallel(n_chunks, prod, lo, hi, L, H, d, q_out, k_out, v_out):
     """:func:`fused.qkv_threshold_bits` on ``n_chunks`` parts, each a run of whole 64-token words of V (a V word
     gathers 64 tokens' bits, so two threads never write one word)."""
     n_units = (prod.shape[1] // L) * ((L + 63) // 64)
     for ch in prange(n_chunks):
-        _qkv_units(ch * n_units // n_chunks, (ch + 1) * n_units // n_chunks, prod, lo, hi, L, H, d, q_out, k_out,
-                   v_out)
+        qkv_threshold_units(ch * n_units // n_chunks, (ch + 1) * n_units // n_chunks, prod, lo, hi, L, H, d, q_out,
+                            k_out, v_out)
 
 
 @njit(cache=True, parallel=True)
