@@ -426,7 +426,7 @@ def test_integer_thresholds_give_the_float_kernels_bits(dtype):
             lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
             assert fused.product_thresholds(k, c, b, relu, kind, a, thr, lo, hi)
             got, want = (np.full((prod.shape[0], 2), 7, np.uint64) for _ in range(2))
-            fused.threshold_bits(prod, lo, hi, got)
+            fused.threshold_bits(prod, lo, hi, np.full(N, k + 1), np.zeros(N, np.uint64), got)
             assert fused.affine_binarize(prod, c, b, relu, kind, a, thr, want) == 0
             assert np.array_equal(got, want), (relu, kind, alpha)
             assert 0 < int((unpack_signs(want, N) > 0).sum()) < prod.size  # the bits are not all equal
@@ -456,6 +456,55 @@ def test_integer_thresholds_give_the_float_kernels_bits(dtype):
     assert not fused.product_thresholds(k, c, b, True, 2, np.ones(1, dtype), thr, lo, hi)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_thresholds_give_torchs_gelu_bits(dtype):
+    """engine.gelu_thresholds + threshold_bits give, for every P of a BERT-sized product (k = 384), the bits of
+    fused.affine -> torch's GELU (on contiguous rows) -> binarize_rows, for signs with and without thresholds and
+    {0, alpha} bits; y sweeps through float32's -0.0 flicker near -5.5, which the window must hold."""
+    from binlab.infer import fused
+    from binlab.infer.engine import gelu_thresholds
+    from binlab.kernels.packing import words_for
+    rng = np.random.default_rng(5)
+    k, N = 384, 96
+    c = rng.uniform(0.004, 0.05, N).astype(dtype)
+    b = rng.uniform(-3, 3, N).astype(dtype)
+    c[::2], b[::2] = rng.uniform(0.0015, 0.003, N // 2), rng.uniform(-5, -4.5, N // 2)  # fine steps through -5.5
+    windows = 0
+    for kind, alpha, thr in ((0, 1.0, np.zeros(N, dtype)), (1, 1.0, rng.uniform(-0.2, 0.2, N).astype(dtype)),
+                             (2, 0.3, rng.uniform(-0.1, 0.1, N).astype(dtype))):
+        a = np.array([alpha], dtype)
+        got_t = gelu_thresholds(k, 2, c, b, kind, a, thr)
+        assert got_t is not None
+        windows += int((got_t[3] != 0).sum())
+        grid = np.ascontiguousarray(np.repeat(np.arange(-k, k + 1, 2, dtype=np.int32)[:, None], N, axis=1))
+        y = np.empty(grid.shape, dtype)
+        fused.affine(grid, c, b, y)
+        g = np.stack([F.gelu(torch.from_numpy(row)).numpy() for row in y])  # 96 values a row: vectorized
+        want, got = (np.full((grid.shape[0], words_for(N)), 7, np.uint64) for _ in range(2))
+        assert fused.binarize_rows(g, kind, a, thr, want) == 0
+        fused.threshold_bits(grid, *got_t, got)
+        assert np.array_equal(got, want), kind
+    assert (windows > 0) == (dtype == np.float32)  # float64's GELU has no flicker in this range
+    b[3] = np.nan
+    assert gelu_thresholds(k, 2, c, b, 0, np.ones(1, dtype), np.zeros(N, dtype)) is None
+
+
+def test_table_thresholds_refuse_what_they_cannot_express():
+    """Ones between lo and hi that span 64 values of P or more: no thresholds; 62 apart (step 2): a window."""
+    from binlab.infer import fused
+    k, N = 100, 2
+    bits = np.zeros((k + 1, N), np.uint8)  # P = -k + 2 i
+    bits[:3] = 1  # lo = -96
+    bits[-2:] = 1  # hi = 98
+    bits[[20, 51], 0] = 1  # P = -60 and P = 2: 62 apart
+    bits[[20, 52], 1] = 1  # 64 apart
+    lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
+    w0, wm = np.empty(N, np.int64), np.empty(N, np.uint64)
+    assert not fused.table_thresholds(bits, k, 2, lo, hi, w0, wm)
+    assert fused.table_thresholds(bits[:, :1].copy(), k, 2, lo[:1], hi[:1], w0[:1], wm[:1])
+    assert (lo[0], hi[0], w0[0], wm[0]) == (-96, 98, -60, np.uint64(1 | (1 << 62)))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_the_integer_thresholds_change_no_logit(exported, name):
     """The engine with integer thresholds (the default) gives the logits of the float kernels (thresholds=False),
@@ -464,7 +513,7 @@ def test_the_integer_thresholds_change_no_logit(exported, name):
     fast, slow = PackedBert(folder), PackedBert(folder, thresholds=False)
     for layer in fast.layers:
         assert (layer.get("qkv_lohi") is not None) == (not fast.split)
-        assert (layer.get("ffn1_lohi") is not None) == (not fast.split and fast.config.quant.ffn_act == "relu")
+        assert (layer.get("ffn1_lohi") is not None) == (not fast.split)
     for B, L in ((3, 37), (2, 70)):
         ids, mask, types = batch(B, L, seed=L)
         assert torch.equal(fast(ids, mask, types), slow(ids, mask, types))
@@ -820,6 +869,8 @@ def test_the_threshold_bits_in_parts_of_rows_are_the_serial_kernels(B, L):
     P = rng.integers(-20, 20, (3, R, A)).astype(np.int32)
     lo, hi = rng.integers(-25, 0, (3, A)).astype(np.int32), rng.integers(0, 25, (3, A)).astype(np.int32)
     lo[0, :5], hi[0, :5] = -41, 41  # channels that are always 0
+    w0 = rng.integers(-30, 0, A).astype(np.int64)  # FFN1: a window of ones between lo and hi on some channels
+    wm = rng.integers(0, 1 << 62, A, dtype=np.int64).astype(np.uint64) * (rng.random(A) < 0.5)
     results = []
     for n_chunks in (0, 1, 2, 3, 4):
         q, k = (np.full((B, H, L, 1), 7, np.uint64) for _ in range(2))
@@ -827,10 +878,10 @@ def test_the_threshold_bits_in_parts_of_rows_are_the_serial_kernels(B, L):
         ffn = np.full((R, words_for(A)), 7, np.uint64)
         if n_chunks == 0:
             fused.qkv_threshold_bits(P, lo, hi, L, H, d, q, k, v)
-            fused.threshold_bits(P[1], lo[1], hi[1], ffn)
+            fused.threshold_bits(P[1], lo[1], hi[1], w0, wm, ffn)
         else:
             rows.qkv_threshold_bits_parallel(n_chunks, P, lo, hi, L, H, d, q, k, v)
-            rows.threshold_bits_parallel(n_chunks, P[1], lo[1], hi[1], ffn)
+            rows.threshold_bits_parallel(n_chunks, P[1], lo[1], hi[1], w0, wm, ffn)
         results.append((q, k, v, ffn))
     for n_chunks, got in enumerate(results[1:], 1):
         assert all(np.array_equal(a, b) for a, b in zip(got, results[0])), n_chunks

@@ -16,8 +16,8 @@ popcount product and ``a`` the value of one bit (alpha, or 1 for BiBERT's sign):
     pooler       P = bits(h_CLS) . bits(W_p)           XNOR     tanh(a alpha P + b)
 
 Two shortcuts give the same bits with less work (``PackedBert(..., thresholds=, fused_scores=)`` turn them off):
-where bits follow ``y`` directly (Q, K, V; ReLU into FFN2) they are integer thresholds on P, found once per model
-(:func:`fused.product_thresholds`); and the scores are never stored: Q . K^T runs inside the softmax or bool kernel,
+where bits follow ``y`` directly or through the FFN's activation (Q, K, V; ReLU or GELU into FFN2) they are
+integer thresholds on P, found once per model (:func:`fused.product_thresholds`, :func:`gelu_thresholds`); and the scores are never stored: Q . K^T runs inside the softmax or bool kernel,
 a few heads at a time (:func:`fused.scores_softmax_binarize`, :func:`fused.scores_bool_binarize`), except when a
 ``trace`` asks for them.
 
@@ -58,7 +58,7 @@ from binlab.kernels.products import PackedWeight, and_bmm, and_gemm, xnor_bmm, x
 from binlab.model import MASK_VALUE
 from binlab.quant.quantizers import ALPHA_MIN
 
-__all__ = ["PackedBert", "load_engine", "STEPS"]
+__all__ = ["PackedBert", "load_engine", "gelu_thresholds", "STEPS"]
 
 #: The steps ``timings`` names, in the order of the forward pass: once per call (no prefix) or once per encoder layer
 #: (``layer.i.`` before it). ``.pack`` binarizes and packs an operand, ``.gemm`` is the popcount product, the rest the
@@ -168,9 +168,9 @@ class PackedBert:
         packed: a :class:`~binlab.infer.packed.PackedModel` (``load_packed(folder)``), or a folder.
         dtype: the float dtype of everything that stays float: ``torch.float32`` (default) or ``torch.float64``.
         backend: the kernels' backend (``"simd8"``, ``"simd1"``, ``"scalar"``; None: binlab.kernels' default).
-        thresholds: turn the bits that follow a product directly (Q, K, V; ReLU into FFN2) into integer
-            thresholds on the product, found once here (:func:`fused.product_thresholds`; the same bits, no float
-            work per entry). False: the float kernels compute every entry (as a split model always does).
+        thresholds: turn the bits that follow a product directly (Q, K, V) or through the activation (ReLU or
+            GELU into FFN2) into integer thresholds on the product, found once here (:func:`fused.product_thresholds`,
+            :func:`gelu_thresholds`; the same bits, no float work per entry). False: the float kernels compute every entry (as a split model always does).
         fused_scores: Q . K^T and the attention bits in one kernel (:func:`fused.scores_softmax_binarize`, BiT;
             :func:`fused.scores_bool_binarize`, BiBERT; the same bits). False, or a ``trace``: the scores as an
             array first (the trace records them).
@@ -263,9 +263,9 @@ class PackedBert:
         return out, words
 
     def _add_thresholds(self, layer: dict) -> None:
-        """Integer thresholds on the products for the bits that follow an affine step directly (Q, K, V; FFN1
-        into FFN2 when the activation is ReLU): ``layer["qkv_lohi"]``, ``layer["ffn1_lohi"]``, each None where a
-        value is not finite (the float kernels then run, and report the NaN)."""
+        """Integer thresholds on the products for the bits that follow them (Q, K, V; FFN1 into FFN2, through ReLU
+        or GELU): ``layer["qkv_lohi"]``, ``layer["ffn1_lohi"]``, each None where a value is not finite (the float
+        kernels then run, and report the NaN)."""
         p, A, k = layer["prefix"], self.config.attention_size, self.config.hidden_size
         _, _, _, c, b = layer["qkv_halves"][0]
         lo, hi = np.empty((3, A), np.int32), np.empty((3, A), np.int32)
@@ -273,12 +273,15 @@ class PackedBert:
                                           layer["qkv_alphas"][j:j + 1], layer["qkv_thr"][j], lo[j], hi[j])
                  for j in range(3))
         layer["qkv_lohi"] = (lo, hi) if ok else None
-        layer["ffn1_lohi"] = None
+        inter, act = self.linears[p + "intermediate"], self.linears[p + "output"].act
+        lo, hi = np.empty(inter.n, np.int32), np.empty(inter.n, np.int32)
         if self.config.quant.ffn_act == "relu":
-            inter, act = self.linears[p + "intermediate"], self.linears[p + "output"].act
-            lo, hi = np.empty(inter.n, np.int32), np.empty(inter.n, np.int32)
-            if fused.product_thresholds(inter.k, inter.c, inter.bias, True, act.code, act.alpha, act.thr, lo, hi):
-                layer["ffn1_lohi"] = (lo, hi)
+            ok = fused.product_thresholds(inter.k, inter.c, inter.bias, True, act.code, act.alpha, act.thr, lo, hi)
+            window = np.full(inter.n, inter.k + 1, np.int64), np.zeros(inter.n, np.uint64)  # no window
+            layer["ffn1_lohi"] = (lo, hi, *window) if ok else None
+        else:
+            step = 1 if inter.act.spec.product == "and" else 2  # an XNOR product has the parity of k
+            layer["ffn1_lohi"] = gelu_thresholds(inter.k, step, inter.c, inter.bias, act.code, act.alpha, act.thr)
 
     # ------------------------------------------------------------------------------------------------------
     # reading the packed tensors
@@ -547,6 +550,36 @@ class PackedBert:
         logits = (pooled[:, None, :] * w[None]).sum(-1) + b  # the FP classifier, without a matrix product
         lap("classifier")
         return logits
+
+
+def gelu_thresholds(k: int, step: int, c: np.ndarray, b: np.ndarray, kind: int, alpha: np.ndarray,
+                    thr: np.ndarray):
+    """(lo, hi, w0, wm) [N] for :func:`fused.threshold_bits`: the bits of ``GELU(c P + b) + thr`` (``kind``,
+    ``alpha``) for every product ``P = -k + step i`` in [-k, k], or None (a value not finite, or bits that the
+    thresholds cannot express). c, b, thr [N] in the compute dtype.
+
+    GELU falls, then rises, so its bits are mostly ``P <= lo or P >= hi``; but in float32, where torch's GELU
+    rounds ``1 + erf(y / sqrt 2)`` to 0 (y near -5.5), it returns -0.0, whose sign bit is +1, at some y and a tiny
+    negative value at their neighbours: a few ones between lo and hi, which the window holds. So the table is what
+    the float path computes: :func:`fused.affine` for y, torch's own GELU, :func:`fused.binarize_rows` for the
+    bits, one row per P. torch's GELU has a vectorized path and a scalar one (for a tail shorter than a vector, or
+    strided input) that disagree in the last bits and, in float32, on the sign of some values near y = -5.5; the
+    table takes the vectorized path everywhere (contiguous pieces of 16384 values, below torch's parallel grain,
+    so one piece is one loop), which is what torch runs on a contiguous layer."""
+    N = c.shape[0]
+    grid = np.ascontiguousarray(np.repeat(np.arange(-k, k + 1, step, dtype=np.int32)[:, None], N, axis=1))
+    y = np.empty(grid.shape, c.dtype)
+    fused.affine(grid, c, b, y)
+    flat = torch.from_numpy(y.reshape(-1))
+    g = torch.cat([F.gelu(piece) for piece in flat.split(16384)]).numpy().reshape(y.shape)
+    words = np.empty((grid.shape[0], words_for(N)), np.uint64)
+    if fused.binarize_rows(g, kind, alpha, thr, words) or not np.isfinite(g).all():
+        return None
+    n = np.arange(N)
+    bits = ((words[:, n // 64] >> (n % 64).astype(np.uint64)) & np.uint64(1)).astype(np.uint8)
+    lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
+    w0, wm = np.empty(N, np.int64), np.empty(N, np.uint64)
+    return (lo, hi, w0, wm) if fused.table_thresholds(bits, k, step, lo, hi, w0, wm) else None
 
 
 def load_engine(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, backend: str | None = None) -> PackedBert:

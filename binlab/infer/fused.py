@@ -23,6 +23,9 @@ float y is never written out. The kernels here do that for each place of the for
 Where bits follow the affine step directly (Q, K, V; ReLU into FFN2), the bit is a monotone function of the integer
 P per channel, so ``product_thresholds`` finds, once per model, the P at which it flips (with the same float
 operations), and ``threshold_bits`` / ``qkv_threshold_bits`` produce the same bits by integer compares alone.
+Through GELU (which falls, then rises) the bits are ``P <= lo or P >= hi`` plus, in float32, a few ones in a
+64-wide window between them: ``table_thresholds`` reads them off a table of every P's bit
+(:func:`binlab.infer.engine.gelu_thresholds` fills it with torch's GELU).
 
 Every float operation runs in the dtype of the arrays passed (float32 or float64: one compiled version each), in
 the order the fake-quant model computes it. Kinds are ints: :data:`KIND_CODES`. Functions that read floats return
@@ -46,7 +49,7 @@ from numba.extending import overload
 from binlab.kernels._simd import popcount
 
 __all__ = ["KIND_CODES", "embed", "binarize_rows", "affine_binarize", "affine", "affine_residual", "qkv_binarize",
-           "product_thresholds", "threshold_bits", "qkv_threshold_bits", "softmax_binarize",
+           "product_thresholds", "table_thresholds", "threshold_bits", "qkv_threshold_bits", "softmax_binarize",
            "softmax_binarize_parallel", "scores_softmax_binarize", "scores_softmax_binarize_parallel",
            "bool_binarize", "scores_bool_binarize", "context_binarize"]
 
@@ -242,18 +245,57 @@ def product_thresholds(k, c, b, relu, kind, alpha, thr, lo, hi):
 
 
 @njit(cache=True)
-def threshold_bits(prod, lo, hi, out):
-    """:func:`affine_binarize` by integer thresholds (:func:`product_thresholds`): bit = ``P <= lo or P >= hi``,
-    a byte per bit along the row, then words (:func:`_pack`). No float operation, so no NaN."""
+def threshold_bits(prod, lo, hi, w0, wm, out):
+    """:func:`affine_binarize` by integer thresholds (:func:`product_thresholds`, :func:`table_thresholds`): bit =
+    ``P <= lo or P >= hi``, or P in the window ``w0 <= P < w0 + 64`` with bit ``P - w0`` of ``wm`` set (``w0, wm
+    [N]`` int64, uint64; ``w0 > k``: no window). A byte per bit along the row, then words (:func:`_pack`). No
+    float operation, so no NaN."""
     R, N = prod.shape
     bits = _bytes(N)
     b8 = bits.view(np.uint64)
     for r in range(R):
         pr = prod[r]
         for n in range(N):
-            bits[n] = (pr[n] <= lo[n]) | (pr[n] >= hi[n])
+            p = pr[n]
+            off = np.uint64(np.int64(p) - w0[n])  # < 64 inside the window (a negative offset wraps to a large one)
+            in_window = (off < np.uint64(64)) & (((wm[n] >> (off & np.uint64(63))) & _ONE) == _ONE)
+            bits[n] = (p <= lo[n]) | (p >= hi[n]) | in_window
         for w in range(out.shape[1]):
             out[r, w] = _pack(bits, b8, 64 * w, min(64, N - 64 * w))
+
+
+@njit(cache=True)
+def table_thresholds(bits, k, step, lo, hi, w0, wm):
+    """The thresholds of :func:`threshold_bits` from a table of bits: ``bits [NP, N]`` (0 / 1) holds channel n's
+    bit for the product ``P = -k + step * i`` in row i (every P the product can take: ``step`` 2 for an XNOR
+    product, whose P has the parity of k, 1 for an AND product). For any function of P, not only a monotone one:
+    lo is the last P of the leading run of ones, hi the first of the trailing run, and the ones between them
+    must fit in one 64-wide window (``w0``, ``wm``). Returns False if for some channel they do not."""
+    NP, N = bits.shape
+    for n in range(N):
+        lead = 0
+        while lead < NP and bits[lead, n]:
+            lead += 1
+        lo[n], hi[n], w0[n], wm[n] = -k - 1, k + 1, k + 1, np.uint64(0)
+        if lead == NP:  # every bit 1
+            lo[n] = k
+            continue
+        trail = 0
+        while bits[NP - 1 - trail, n]:
+            trail += 1
+        if lead:
+            lo[n] = -k + step * (lead - 1)
+        if trail:
+            hi[n] = -k + step * (NP - trail)
+        for i in range(lead, NP - trail):
+            if bits[i, n]:
+                p = -k + step * i
+                if wm[n] == 0:  # the first one between lo and hi opens the window
+                    w0[n] = p
+                if p - w0[n] >= 64:
+                    return False
+                wm[n] |= _ONE << np.uint64(p - w0[n])
+    return True
 
 
 @njit(cache=True)

@@ -7,9 +7,9 @@ bits do not depend on the number of parts. ``n_chunks = 1`` is the serial kernel
     residual_layer_norm_binarize   P [R, N] -> LayerNorm(c P + b + residual) [R, N], and its bits for each of the
                                    next products' binarizers [J, R, ceil(N / 64)]      (after W_o and W_2)
     layer_norm_binarize            x [R, N] -> LayerNorm(x), and its bits                (after the embeddings)
-    threshold_bits_parallel        :func:`fused.threshold_bits` by parts of rows        (ReLU into FFN2)
+    threshold_bits_parallel        :func:`fused.threshold_bits` by parts of rows        (ReLU or GELU into FFN2)
     qkv_threshold_bits_parallel    :func:`fused.qkv_threshold_bits` by parts made of whole 64-token words of V
-    binarize_rows_parallel         :func:`fused.binarize_rows` by parts of rows           (GELU into FFN2)
+    binarize_rows_parallel         :func:`fused.binarize_rows` by parts of rows           (GELU without thresholds)
     context_binarize_parallel      :func:`fused.context_binarize` by batch rows or tokens (into W_o)
 
 The LayerNorm is ``(y - mean) / sqrt(var + eps) * gamma + beta`` with the biased variance, as torch's; mean and
@@ -108,12 +108,12 @@ def layer_norm_binarize(n_chunks, x, gamma, beta, eps, kinds, alphas, thrs, out,
 
 
 @njit(cache=True, parallel=True)
-def threshold_bits_parallel(n_chunks, prod, lo, hi, out):
+def threshold_bits_parallel(n_chunks, prod, lo, hi, w0, wm, out):
     """:func:`fused.threshold_bits` on ``n_chunks`` parts of the rows."""
     R = prod.shape[0]
     for ch in prange(n_chunks):
         r0, r1 = ch * R // n_chunks, (ch + 1) * R // n_chunks
-        threshold_bits(prod[r0:r1], lo, hi, out[r0:r1])
+        threshold_bits(prod[r0:r1], lo, hi, w0, wm, out[r0:r1])
 
 
 @njit(cache=True, parallel=True)
