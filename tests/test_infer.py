@@ -426,7 +426,7 @@ def test_integer_thresholds_give_the_float_kernels_bits(dtype):
             lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
             assert fused.product_thresholds(k, c, b, relu, kind, a, thr, lo, hi)
             got, want = (np.full((prod.shape[0], 2), 7, np.uint64) for _ in range(2))
-            fused.threshold_bits(prod, lo, hi, np.full(N, k + 1), np.zeros(N, np.uint64), got)
+            fused.threshold_bits(prod, lo, hi, got)
             assert fused.affine_binarize(prod, c, b, relu, kind, a, thr, want) == 0
             assert np.array_equal(got, want), (relu, kind, alpha)
             assert 0 < int((unpack_signs(want, N) > 0).sum()) < prod.size  # the bits are not all equal
@@ -475,14 +475,16 @@ def test_gelu_thresholds_give_torchs_gelu_bits(dtype):
         a = np.array([alpha], dtype)
         got_t = gelu_thresholds(k, 2, c, b, kind, a, thr)
         assert got_t is not None
-        windows += int((got_t[3] != 0).sum())
+        windows += len(got_t[2])
         grid = np.ascontiguousarray(np.repeat(np.arange(-k, k + 1, 2, dtype=np.int32)[:, None], N, axis=1))
         y = np.empty(grid.shape, dtype)
         fused.affine(grid, c, b, y)
         g = np.stack([F.gelu(torch.from_numpy(row)).numpy() for row in y])  # 96 values a row: vectorized
         want, got = (np.full((grid.shape[0], words_for(N)), 7, np.uint64) for _ in range(2))
         assert fused.binarize_rows(g, kind, a, thr, want) == 0
-        fused.threshold_bits(grid, *got_t, got)
+        lo, hi, chans, w0, wm = got_t
+        fused.threshold_bits(grid, lo, hi, got)
+        fused.window_bits(grid, chans, w0, wm, got)
         assert np.array_equal(got, want), kind
     assert (windows > 0) == (dtype == np.float32)  # float64's GELU has no flicker in this range
     b[3] = np.nan
@@ -869,8 +871,9 @@ def test_the_threshold_bits_in_parts_of_rows_are_the_serial_kernels(B, L):
     P = rng.integers(-20, 20, (3, R, A)).astype(np.int32)
     lo, hi = rng.integers(-25, 0, (3, A)).astype(np.int32), rng.integers(0, 25, (3, A)).astype(np.int32)
     lo[0, :5], hi[0, :5] = -41, 41  # channels that are always 0
-    w0 = rng.integers(-30, 0, A).astype(np.int64)  # FFN1: a window of ones between lo and hi on some channels
-    wm = rng.integers(0, 1 << 62, A, dtype=np.int64).astype(np.uint64) * (rng.random(A) < 0.5)
+    chans = np.flatnonzero(rng.random(A) < 0.3)  # FFN1: a window of ones between lo and hi on some channels
+    w0 = rng.integers(-30, 0, len(chans)).astype(np.int64)
+    wm = rng.integers(0, 1 << 62, len(chans), dtype=np.int64).astype(np.uint64)
     results = []
     for n_chunks in (0, 1, 2, 3, 4):
         q, k = (np.full((B, H, L, 1), 7, np.uint64) for _ in range(2))
@@ -878,10 +881,11 @@ def test_the_threshold_bits_in_parts_of_rows_are_the_serial_kernels(B, L):
         ffn = np.full((R, words_for(A)), 7, np.uint64)
         if n_chunks == 0:
             fused.qkv_threshold_bits(P, lo, hi, L, H, d, q, k, v)
-            fused.threshold_bits(P[1], lo[1], hi[1], w0, wm, ffn)
+            fused.threshold_bits(P[1], lo[1], hi[1], ffn)
+            fused.window_bits(P[1], chans, w0, wm, ffn)
         else:
             rows.qkv_threshold_bits_parallel(n_chunks, P, lo, hi, L, H, d, q, k, v)
-            rows.threshold_bits_parallel(n_chunks, P[1], lo[1], hi[1], w0, wm, ffn)
+            rows.threshold_bits_parallel(n_chunks, P[1], lo[1], hi[1], chans, w0, wm, ffn)
         results.append((q, k, v, ffn))
     for n_chunks, got in enumerate(results[1:], 1):
         assert all(np.array_equal(a, b) for a, b in zip(got, results[0])), n_chunks

@@ -277,8 +277,8 @@ class PackedBert:
         lo, hi = np.empty(inter.n, np.int32), np.empty(inter.n, np.int32)
         if self.config.quant.ffn_act == "relu":
             ok = fused.product_thresholds(inter.k, inter.c, inter.bias, True, act.code, act.alpha, act.thr, lo, hi)
-            window = np.full(inter.n, inter.k + 1, np.int64), np.zeros(inter.n, np.uint64)  # no window
-            layer["ffn1_lohi"] = (lo, hi, *window) if ok else None
+            layer["ffn1_lohi"] = (lo, hi, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint64)) \
+                if ok else None
         else:
             step = 1 if inter.act.spec.product == "and" else 2  # an XNOR product has the parity of k
             layer["ffn1_lohi"] = gelu_thresholds(inter.k, step, inter.c, inter.bias, act.code, act.alpha, act.thr)
@@ -554,9 +554,10 @@ class PackedBert:
 
 def gelu_thresholds(k: int, step: int, c: np.ndarray, b: np.ndarray, kind: int, alpha: np.ndarray,
                     thr: np.ndarray):
-    """(lo, hi, w0, wm) [N] for :func:`fused.threshold_bits`: the bits of ``GELU(c P + b) + thr`` (``kind``,
-    ``alpha``) for every product ``P = -k + step i`` in [-k, k], or None (a value not finite, or bits that the
-    thresholds cannot express). c, b, thr [N] in the compute dtype.
+    """(lo, hi [N], chans, w0, wm [C]) for :func:`rows.threshold_bits_parallel`: the bits of ``GELU(c P + b) + thr``
+    (``kind``, ``alpha``) for every product ``P = -k + step i`` in [-k, k], or None (a value not finite, or bits
+    that the thresholds cannot express); the C channels with a window listed in ``chans``. c, b, thr [N] in the
+    compute dtype.
 
     GELU falls, then rises, so its bits are mostly ``P <= lo or P >= hi``; but in float32, where torch's GELU
     rounds ``1 + erf(y / sqrt 2)`` to 0 (y near -5.5), it returns -0.0, whose sign bit is +1, at some y and a tiny
@@ -579,7 +580,10 @@ def gelu_thresholds(k: int, step: int, c: np.ndarray, b: np.ndarray, kind: int, 
     bits = ((words[:, n // 64] >> (n % 64).astype(np.uint64)) & np.uint64(1)).astype(np.uint8)
     lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
     w0, wm = np.empty(N, np.int64), np.empty(N, np.uint64)
-    return (lo, hi, w0, wm) if fused.table_thresholds(bits, k, step, lo, hi, w0, wm) else None
+    if not fused.table_thresholds(bits, k, step, lo, hi, w0, wm):
+        return None
+    chans = np.flatnonzero(wm).astype(np.int64)
+    return lo, hi, chans, w0[chans], wm[chans]
 
 
 def load_engine(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, backend: str | None = None) -> PackedBert:

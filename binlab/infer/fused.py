@@ -49,7 +49,7 @@ from numba.extending import overload
 from binlab.kernels._simd import popcount
 
 __all__ = ["KIND_CODES", "embed", "binarize_rows", "affine_binarize", "affine", "affine_residual", "qkv_binarize",
-           "product_thresholds", "table_thresholds", "threshold_bits", "qkv_threshold_bits", "softmax_binarize",
+           "product_thresholds", "table_thresholds", "threshold_bits", "window_bits", "qkv_threshold_bits", "softmax_binarize",
            "softmax_binarize_parallel", "scores_softmax_binarize", "scores_softmax_binarize_parallel",
            "bool_binarize", "scores_bool_binarize", "context_binarize"]
 
@@ -245,32 +245,42 @@ def product_thresholds(k, c, b, relu, kind, alpha, thr, lo, hi):
 
 
 @njit(cache=True)
-def threshold_bits(prod, lo, hi, w0, wm, out):
+def threshold_bits(prod, lo, hi, out):
     """:func:`affine_binarize` by integer thresholds (:func:`product_thresholds`, :func:`table_thresholds`): bit =
-    ``P <= lo or P >= hi``, or P in the window ``w0 <= P < w0 + 64`` with bit ``P - w0`` of ``wm`` set (``w0, wm
-    [N]`` int64, uint64; ``w0 > k``: no window). A byte per bit along the row, then words (:func:`_pack`). No
-    float operation, so no NaN."""
+    ``P <= lo or P >= hi``, a byte per bit along the row, then words (:func:`_pack`). No float operation, so no
+    NaN."""
     R, N = prod.shape
     bits = _bytes(N)
     b8 = bits.view(np.uint64)
     for r in range(R):
         pr = prod[r]
         for n in range(N):
-            p = pr[n]
-            off = np.uint64(np.int64(p) - w0[n])  # < 64 inside the window (a negative offset wraps to a large one)
-            in_window = (off < np.uint64(64)) & (((wm[n] >> (off & np.uint64(63))) & _ONE) == _ONE)
-            bits[n] = (p <= lo[n]) | (p >= hi[n]) | in_window
+            bits[n] = (pr[n] <= lo[n]) | (pr[n] >= hi[n])
         for w in range(out.shape[1]):
             out[r, w] = _pack(bits, b8, 64 * w, min(64, N - 64 * w))
 
 
 @njit(cache=True)
+def window_bits(prod, chans, w0, wm, out):
+    """The ones :func:`threshold_bits` leaves out on the channels ``chans [C]`` that have a window
+    (:func:`table_thresholds`): bit n of row r is set where ``w0 <= P < w0 + 64`` and bit ``P - w0`` of ``wm`` is
+    (``w0, wm [C]``, one per listed channel). A pass over those channels only: most layers list none."""
+    for r in range(prod.shape[0]):
+        for q in range(chans.shape[0]):
+            n = chans[q]
+            off = np.int64(prod[r, n]) - w0[q]
+            if 0 <= off < 64 and (wm[q] >> np.uint64(off)) & _ONE:
+                out[r, n >> 6] |= _ONE << np.uint64(n & 63)
+
+
+@njit(cache=True)
 def table_thresholds(bits, k, step, lo, hi, w0, wm):
-    """The thresholds of :func:`threshold_bits` from a table of bits: ``bits [NP, N]`` (0 / 1) holds channel n's
+    """The thresholds of :func:`threshold_bits` and the windows of :func:`window_bits` from a table of bits: ``bits [NP, N]`` (0 / 1) holds channel n's
     bit for the product ``P = -k + step * i`` in row i (every P the product can take: ``step`` 2 for an XNOR
     product, whose P has the parity of k, 1 for an AND product). For any function of P, not only a monotone one:
     lo is the last P of the leading run of ones, hi the first of the trailing run, and the ones between them
-    must fit in one 64-wide window (``w0``, ``wm``). Returns False if for some channel they do not."""
+    must fit in one 64-wide window (``w0``, ``wm``: ``wm = 0`` for none). Returns False if for some channel they
+    do not."""
     NP, N = bits.shape
     for n in range(N):
         lead = 0
@@ -791,30 +801,37 @@ def scores_bool_binarize(qw, kw, d, zero_to_one, valid, out):
 
 
 @njit(cache=True)
-def context_binarize(ctx, c, kind, alpha, thr, out):
-    """The attention output's input bits: ``y = c P`` for ``P [B, H, L, d]`` (heads concatenated: channel h d + e),
-    bits of ``y + thr`` into ``out [B * L, ceil(H d / 64)]``. Returns the NaN count.
-
-    Per token: a byte per bit of every channel (contiguous along e), then 64 bytes to a word (:func:`_pack`)."""
-    B, H, L, d = ctx.shape
+def context_binarize_tokens(r0, r1, ctx, c, kind, alpha, thr, out):
+    """Token rows ``r0 <= r < r1`` (r = b L + l) of :func:`context_binarize`, on the whole arrays (a slice along
+    the tokens of ``ctx`` would not be contiguous, and numba's loops over it run 3x slower); the NaN count."""
+    H, L, d = ctx.shape[1], ctx.shape[2], ctx.shape[3]
     A = H * d
     cc = c[0]
     a = alpha[0]
     bits = _bytes(A)
     b8 = bits.view(np.uint64)
     n_nan = 0
-    for b in range(B):
-        for l in range(L):
-            r = b * L + l
-            for h in range(H):
-                ch = ctx[b, h, l]
-                base = h * d
-                if kind == 2:
-                    for e in range(d):
-                        n_nan += _row_bits(_like(c, ch[e]) * cc + thr[base + e], 2, a, bits, base + e)
-                else:
-                    for e in range(d):
-                        n_nan += _row_bits(_like(c, ch[e]) * cc + thr[base + e], 0, a, bits, base + e)
-            for w in range(out.shape[1]):
-                out[r, w] = _pack(bits, b8, 64 * w, min(64, A - 64 * w))
+    for r in range(r0, r1):
+        b = r // L
+        l = r - b * L
+        for h in range(H):
+            ch = ctx[b, h, l]
+            base = h * d
+            if kind == 2:
+                for e in range(d):
+                    n_nan += _row_bits(_like(c, ch[e]) * cc + thr[base + e], 2, a, bits, base + e)
+            else:
+                for e in range(d):
+                    n_nan += _row_bits(_like(c, ch[e]) * cc + thr[base + e], 0, a, bits, base + e)
+        for w in range(out.shape[1]):
+            out[r, w] = _pack(bits, b8, 64 * w, min(64, A - 64 * w))
     return n_nan
+
+
+@njit(cache=True)
+def context_binarize(ctx, c, kind, alpha, thr, out):
+    """The attention output's input bits: ``y = c P`` for ``P [B, H, L, d]`` (heads concatenated: channel h d + e),
+    bits of ``y + thr`` into ``out [B * L, ceil(H d / 64)]``. Returns the NaN count.
+
+    Per token: a byte per bit of every channel (contiguous along e), then 64 bytes to a word (:func:`_pack`)."""
+    return context_binarize_tokens(0, ctx.shape[0] * ctx.shape[2], ctx, c, kind, alpha, thr, out)

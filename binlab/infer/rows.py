@@ -10,7 +10,7 @@ bits do not depend on the number of parts. ``n_chunks = 1`` is the serial kernel
     threshold_bits_parallel        :func:`fused.threshold_bits` by parts of rows        (ReLU or GELU into FFN2)
     qkv_threshold_bits_parallel    :func:`fused.qkv_threshold_bits` by parts made of whole 64-token words of V
     binarize_rows_parallel         :func:`fused.binarize_rows` by parts of rows           (GELU without thresholds)
-    context_binarize_parallel      :func:`fused.context_binarize` by batch rows or tokens (into W_o)
+    context_binarize_parallel      :func:`fused.context_binarize` by parts of the token rows (into W_o)
 
 The LayerNorm is ``(y - mean) / sqrt(var + eps) * gamma + beta`` with the biased variance, as torch's; mean and
 variance are summed in float64 (in vector lanes: :func:`_sum`) whatever the dtype of y, and the result is
@@ -25,8 +25,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from binlab.infer.fused import (_bytes, _pack, _row_bits, affine_residual, binarize_rows, context_binarize,
-                                qkv_threshold_units, threshold_bits)
+from binlab.infer.fused import (_bytes, _pack, _row_bits, affine_residual, binarize_rows, context_binarize_tokens,
+                                qkv_threshold_units, threshold_bits, window_bits)
 
 __all__ = ["layer_norm_binarize", "residual_layer_norm_binarize", "threshold_bits_parallel",
            "qkv_threshold_bits_parallel", "binarize_rows_parallel", "context_binarize_parallel"]
@@ -108,12 +108,14 @@ def layer_norm_binarize(n_chunks, x, gamma, beta, eps, kinds, alphas, thrs, out,
 
 
 @njit(cache=True, parallel=True)
-def threshold_bits_parallel(n_chunks, prod, lo, hi, w0, wm, out):
-    """:func:`fused.threshold_bits` on ``n_chunks`` parts of the rows."""
+def threshold_bits_parallel(n_chunks, prod, lo, hi, chans, w0, wm, out):
+    """:func:`fused.threshold_bits`, then :func:`fused.window_bits` on the channels ``chans`` (none: empty), on
+    ``n_chunks`` parts of the rows."""
     R = prod.shape[0]
     for ch in prange(n_chunks):
         r0, r1 = ch * R // n_chunks, (ch + 1) * R // n_chunks
-        threshold_bits(prod[r0:r1], lo, hi, w0, wm, out[r0:r1])
+        threshold_bits(prod[r0:r1], lo, hi, out[r0:r1])
+        window_bits(prod[r0:r1], chans, w0, wm, out[r0:r1])
 
 
 @njit(cache=True, parallel=True)
@@ -139,15 +141,9 @@ def binarize_rows_parallel(n_chunks, x, kind, alpha, thr, out):
 
 @njit(cache=True, parallel=True)
 def context_binarize_parallel(n_chunks, ctx, c, kind, alpha, thr, out):
-    """:func:`fused.context_binarize` on ``n_chunks`` parts of the batch rows (B > 1) or of the tokens; the NaN
-    count."""
-    B, L = ctx.shape[0], ctx.shape[2]
+    """:func:`fused.context_binarize` on ``n_chunks`` parts of the token rows; the NaN count."""
+    R = ctx.shape[0] * ctx.shape[2]
     n_nan = 0
     for ch in prange(n_chunks):
-        if B > 1:
-            b0, b1 = ch * B // n_chunks, (ch + 1) * B // n_chunks
-            n_nan += context_binarize(ctx[b0:b1], c, kind, alpha, thr, out[b0 * L:b1 * L])
-        else:
-            l0, l1 = ch * L // n_chunks, (ch + 1) * L // n_chunks
-            n_nan += context_binarize(ctx[:, :, l0:l1], c, kind, alpha, thr, out[l0:l1])
+        n_nan += context_binarize_tokens(ch * R // n_chunks, (ch + 1) * R // n_chunks, ctx, c, kind, alpha, thr, out)
     return n_nan
