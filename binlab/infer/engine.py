@@ -30,8 +30,9 @@ The row-wise steps (each LayerNorm with the bits of the next products' inputs in
 thresholds) run on parts of the rows at once, one per numba thread, above :data:`ROWS_PARALLEL_MIN` rows
 (:mod:`binlab.infer.rows`; the same bits on any number of parts).
 
-LayerNorm, softmax, GELU, tanh, the residual sums, the embedding sum and the classifier stay float (the
-classifier as an elementwise product and a sum: no float matrix product runs anywhere in the forward pass). Floats
+LayerNorm, softmax, tanh, the residual sums, the embedding sum and the classifier stay float (the classifier as an
+elementwise product and a sum: no float matrix product runs anywhere in the forward pass); GELU too, where its
+thresholds are off or refused (it is evaluated in float once per model, at every P, to find them). Floats
 are ``dtype``: float32, or float64 to compare with a float64 fake-quant model. In float64 the integer products
 equal that model's exactly and only the order of the float operations differs: the logits agree to ~1e-15 when the
 stored scales are exact (tests/test_infer.py), ~1e-7 in general, because the derived weight scales alpha = mean |W|
