@@ -17,9 +17,9 @@ popcount product and ``a`` the value of one bit (alpha, or 1 for BiBERT's sign):
 
 Two shortcuts give the same bits with less work (``PackedBert(..., thresholds=, fused_scores=)`` turn them off):
 where bits follow ``y`` directly or through the FFN's activation (Q, K, V; ReLU or GELU into FFN2) they are
-integer thresholds on P, found once per model (:func:`fused.product_thresholds`, :func:`gelu_thresholds`); and the scores are never stored: Q . K^T runs inside the softmax or bool kernel,
-a few heads at a time (:func:`fused.scores_softmax_binarize`, :func:`fused.scores_bool_binarize`), except when a
-``trace`` asks for them.
+integer thresholds on P, found once per model (:func:`fused.product_thresholds`, :func:`gelu_thresholds`); and the
+scores are never stored: Q . K^T runs inside the softmax or bool kernel, a few heads at a time
+(:func:`fused.scores_softmax_binarize`, :func:`fused.scores_bool_binarize`), except when a ``trace`` asks for them.
 
 BinaryBERT's split model (``PackedModel.split``) runs the same way with two products per binarized layer, one per
 half, each half binarizing its input with its own binarizer: ``y = (a_1 alpha_1 P_1 + b_1) + (a_2 alpha_2 P_2 + b_2)``
@@ -171,7 +171,8 @@ class PackedBert:
         backend: the kernels' backend (``"simd8"``, ``"simd1"``, ``"scalar"``; None: binlab.kernels' default).
         thresholds: turn the bits that follow a product directly (Q, K, V) or through the activation (ReLU or
             GELU into FFN2) into integer thresholds on the product, found once here (:func:`fused.product_thresholds`,
-            :func:`gelu_thresholds`; the same bits, no float work per entry). False: the float kernels compute every entry (as a split model always does).
+            :func:`gelu_thresholds`; the same bits, no float work per entry). False: the float kernels compute
+            every entry (as a split model always does).
         fused_scores: Q . K^T and the attention bits in one kernel (:func:`fused.scores_softmax_binarize`, BiT;
             :func:`fused.scores_bool_binarize`, BiBERT; the same bits). False, or a ``trace``: the scores as an
             array first (the trace records them).

@@ -49,8 +49,9 @@ from numba.extending import overload
 from binlab.kernels._simd import popcount
 
 __all__ = ["KIND_CODES", "embed", "binarize_rows", "affine_binarize", "affine", "affine_residual", "qkv_binarize",
-           "product_thresholds", "table_thresholds", "threshold_bits", "window_bits", "qkv_threshold_bits", "softmax_binarize",
-           "softmax_binarize_parallel", "scores_softmax_binarize", "scores_softmax_binarize_parallel",
+           "product_thresholds", "table_thresholds", "threshold_bits", "window_bits", "qkv_threshold_bits",
+           "softmax_binarize", "softmax_binarize_parallel", "scores_softmax_binarize",
+           "scores_softmax_binarize_parallel",
            "bool_binarize", "scores_bool_binarize", "context_binarize"]
 
 KIND_CODES = {"sign": 0, "pm1": 1, "01": 2}
@@ -275,12 +276,12 @@ def window_bits(prod, chans, w0, wm, out):
 
 @njit(cache=True)
 def table_thresholds(bits, k, step, lo, hi, w0, wm):
-    """The thresholds of :func:`threshold_bits` and the windows of :func:`window_bits` from a table of bits: ``bits [NP, N]`` (0 / 1) holds channel n's
-    bit for the product ``P = -k + step * i`` in row i (every P the product can take: ``step`` 2 for an XNOR
-    product, whose P has the parity of k, 1 for an AND product). For any function of P, not only a monotone one:
-    lo is the last P of the leading run of ones, hi the first of the trailing run, and the ones between them
-    must fit in one 64-wide window (``w0``, ``wm``: ``wm = 0`` for none). Returns False if for some channel they
-    do not."""
+    """The thresholds of :func:`threshold_bits` and the windows of :func:`window_bits` from a table of bits:
+    ``bits [NP, N]`` (0 / 1) holds channel n's bit for the product ``P = -k + step * i`` in row i (every P the
+    product can take: ``step`` 2 for an XNOR product, whose P has the parity of k, 1 for an AND product). For any
+    function of P, not only a monotone one: lo is the last P of the leading run of ones, hi the first of the
+    trailing run, and the ones between them must fit in one 64-wide window (``w0``, ``wm``: ``wm = 0`` for none).
+    Returns False if for some channel they do not."""
     NP, N = bits.shape
     for n in range(N):
         lead = 0
