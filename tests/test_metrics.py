@@ -118,6 +118,14 @@ def test_mcc_known_values():
 # ---------------------------------------------------------------- correlations
 
 
+def test_pearson_of_tiny_and_huge_values():
+    """The deviations are rescaled before they are squared: 1e-300 and 1e300 correlate like 1 (hypothesis found
+    [0, 0, 1] against [0, 0, 5e-300], whose squared deviations underflowed to 0: r was reported 0, not 1)."""
+    assert pearson([0.0, 0.0, 1.0], [0.0, 0.0, 5e-300]) == pytest.approx(1.0)
+    assert pearson([1.0, 2.0, 3.0], [3e300, 2e300, 1e300]) == pytest.approx(-1.0)
+    assert pearson([1.0, 1.0, 1.0], [0.0, 0.0, 5e-300]) == 0.0
+
+
 @settings(deadline=None, max_examples=80)
 @given(real_pairs)
 def test_pearson_and_spearman_match_scipy(pair):

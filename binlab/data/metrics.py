@@ -176,12 +176,18 @@ def matthews_corrcoef(preds: Any, labels: Any) -> float:
 def pearson(preds: Any, labels: Any) -> float:
     """Pearson correlation r = Σ(x−x̄)(y−ȳ) / sqrt(Σ(x−x̄)² · Σ(y−ȳ)²).
 
-    0.0 when either input is constant (the correlation is undefined there).
+    0.0 when either input is constant (the correlation is undefined there). The deviations are divided by their
+    largest magnitude first (r does not change), so that their squares neither underflow nor overflow: values of
+    1e-300 still correlate.
     """
     p, y = _pair(preds, labels)
     x, y = _real(p, "preds"), _real(y, "labels")
     dx = x - x.mean()
     dy = y - y.mean()
+    mx, my = float(np.abs(dx).max(initial=0.0)), float(np.abs(dy).max(initial=0.0))
+    if mx == 0.0 or my == 0.0:
+        return 0.0
+    dx, dy = dx / mx, dy / my
     sxx = float(np.dot(dx, dx))
     syy = float(np.dot(dy, dy))
     if sxx == 0.0 or syy == 0.0:
