@@ -187,11 +187,9 @@ def pearson(preds: Any, labels: Any) -> float:
     mx, my = float(np.abs(dx).max(initial=0.0)), float(np.abs(dy).max(initial=0.0))
     if mx == 0.0 or my == 0.0:
         return 0.0
-    dx, dy = dx / mx, dy / my
+    dx, dy = dx / mx, dy / my  # each now holds a +-1: the sums of squares are >= 1
     sxx = float(np.dot(dx, dx))
     syy = float(np.dot(dy, dy))
-    if sxx == 0.0 or syy == 0.0:
-        return 0.0
     r = float(np.dot(dx, dy)) / math.sqrt(sxx * syy)
     return max(-1.0, min(1.0, r))  # rounding can step a hair outside [-1, 1]
 

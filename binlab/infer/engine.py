@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from binlab.infer import fused, rows
 from binlab.infer.packed import (HALF2, Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
                                  probs_binarizer, qkv_binarizer)
-from binlab.kernels.packing import words_for
+from binlab.kernels.packing import unpack_bits01, words_for
 from binlab.kernels.products import PackedWeight, and_bmm, and_gemm, xnor_bmm, xnor_gemm
 from binlab.model import MASK_VALUE
 from binlab.quant.quantizers import ALPHA_MIN
@@ -276,8 +276,8 @@ class PackedBert:
                  for j in range(3))
         layer["qkv_lohi"] = (lo, hi) if ok else None
         inter, act = self.linears[p + "intermediate"], self.linears[p + "output"].act
-        lo, hi = np.empty(inter.n, np.int32), np.empty(inter.n, np.int32)
         if self.config.quant.ffn_act == "relu":
+            lo, hi = np.empty(inter.n, np.int32), np.empty(inter.n, np.int32)
             ok = fused.product_thresholds(inter.k, inter.c, inter.bias, True, act.code, act.alpha, act.thr, lo, hi)
             layer["ffn1_lohi"] = (lo, hi, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint64)) \
                 if ok else None
@@ -578,8 +578,7 @@ def gelu_thresholds(k: int, step: int, c: np.ndarray, b: np.ndarray, kind: int, 
     words = np.empty((grid.shape[0], words_for(N)), np.uint64)
     if fused.binarize_rows(g, kind, alpha, thr, words) or not np.isfinite(g).all():
         return None
-    n = np.arange(N)
-    bits = ((words[:, n // 64] >> (n % 64).astype(np.uint64)) & np.uint64(1)).astype(np.uint8)
+    bits = unpack_bits01(words, N).numpy().astype(np.uint8)
     lo, hi = np.empty(N, np.int32), np.empty(N, np.int32)
     w0, wm = np.empty(N, np.int64), np.empty(N, np.uint64)
     if not fused.table_thresholds(bits, k, step, lo, hi, w0, wm):
