@@ -172,6 +172,47 @@ def test_bmm_with_prepacked_right_operand():
     assert torch.equal(xnor_bmm(pack_signs(a), packed, 70), torch_xnor(a, b))
 
 
+def test_prepacked_weight_plans_per_rows_backend_and_kind():
+    """A PackedWeight keeps one plan per (rows, backend, product kind): reusing it across row counts
+    (one core and all cores), backends and both products must give each call its own exact result."""
+    b = random_with_zeros(300, 3072, seed=10)
+    packed = PackedWeight.from_float(b)
+    for m in (1, 8, 13, 260, 1, 13):
+        a = random_with_zeros(m, 3072, seed=m)
+        p01 = (a > 0.3).float()
+        for backend in (*BACKENDS, None):
+            assert torch.equal(xnor_gemm(pack_signs(a), packed, 3072, backend=backend), torch_xnor(a, b))
+            assert torch.equal(and_gemm(pack_bits01(p01), packed, 3072, backend=backend), torch_and(p01, b))
+    assert len(packed._plans) == 4 * len(BACKENDS) * 2  # (m, backend, kind); None is the default one
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((5, 70), (9, 70)), ((3, 5, 70), (3, 9, 70)),
+                                             ((2, 3, 5, 70), (2, 3, 9, 70))])
+@pytest.mark.parametrize("prepacked", [False, True])
+def test_popcount_product_is_the_gemm_as_numpy(a_shape, b_shape, prepacked):
+    a, b = random_with_zeros(*a_shape, seed=11), random_with_zeros(*b_shape, seed=12)
+    p01 = (a > 0).float()
+    bw = pack_signs(b)
+    right = PackedWeight.from_words(bw, 70) if prepacked else bw
+    out = products.popcount_product(pack_signs(a), right, 70)
+    assert isinstance(out, np.ndarray) and out.dtype == np.int32 and out.shape == (*a_shape[:-1], b_shape[-2])
+    assert np.array_equal(out, torch_xnor(a, b).numpy())
+    out = products.popcount_product(pack_bits01(p01), right, 70, use_and=True)
+    assert np.array_equal(out, torch_and(p01, b).numpy())
+
+
+def test_prepacked_product_still_checks_the_left_operand():
+    packed = PackedWeight.from_float(torch.randn(5, 70))
+    with pytest.raises(ValueError, match="padding bits"):  # 100 signs packed, a weight of k = 70
+        xnor_gemm(pack_signs(torch.randn(4, 100)), packed, 70)
+    with pytest.raises(ValueError, match="packed with k=70"):
+        xnor_gemm(pack_signs(torch.randn(4, 100)), packed, 100)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        xnor_gemm(pack_signs(torch.randn(4, 70)), PackedWeight.from_float(torch.randn(2, 5, 70)), 70)
+    with pytest.raises(TypeError, match="uint64"):
+        xnor_gemm(pack_signs(torch.randn(4, 70)).view(np.int64), packed, 70)
+
+
 @settings(deadline=None, max_examples=25)
 @given(m=st.integers(1, 12), n=st.integers(1, 40), k=st.integers(1, 200),
        seed=st.integers(0, 2**31 - 1), backend=st.sampled_from(BACKENDS))

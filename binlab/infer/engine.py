@@ -55,7 +55,7 @@ from binlab.infer import fused, rows
 from binlab.infer.packed import (HALF2, Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
                                  probs_binarizer, qkv_binarizer)
 from binlab.kernels.packing import unpack_bits01, words_for
-from binlab.kernels.products import PackedWeight, and_bmm, and_gemm, xnor_bmm, xnor_gemm
+from binlab.kernels.products import PackedWeight, popcount_product
 from binlab.model import MASK_VALUE
 from binlab.quant.quantizers import ALPHA_MIN
 
@@ -122,8 +122,8 @@ class _Linear:
 
     def product(self, words: np.ndarray, backend) -> np.ndarray:
         """The int32 popcount product [R, N] of packed input rows with the weight."""
-        gemm = and_gemm if self.act.spec.product == "and" else xnor_gemm
-        return gemm(words, self.weight, self.k, backend=backend).numpy()
+        return popcount_product(words, self.weight, self.k, use_and=self.act.spec.product == "and",
+                                backend=backend)
 
     def affine(self, prod: np.ndarray) -> np.ndarray:
         """``c * P + b`` [R, N] in the compute dtype (what :func:`fused.affine` computes), for the split path."""
@@ -367,7 +367,7 @@ class PackedBert:
                 for j, a in enumerate(inputs):
                     _check_nan(fused.binarize_rows(h, a.code, a.alpha, a.thr, x[j]), p + "qkv input")
             lap(p + "qkv.pack")
-            prods.append(xnor_bmm(x, weight, self.config.hidden_size, backend=self.backend).numpy())
+            prods.append(popcount_product(x, weight, self.config.hidden_size, backend=self.backend))
             lap(p + "qkv.gemm")
         prod, c, b = prods[0], halves[0][3], halves[0][4]
         if self.split:  # Q, K, V as floats, the two halves summed; qkv_binarize then only binarizes (c = 1, b = 0)
@@ -386,7 +386,7 @@ class PackedBert:
         pw = np.empty((B, H, L, lw), np.uint64)
         probs = layer["probs"]
         fuse = trace is None and self.fused_scores
-        scores = None if fuse else xnor_bmm(qw, kw, d, backend=self.backend).numpy()  # [B, H, L, L]
+        scores = None if fuse else popcount_product(qw, kw, d, backend=self.backend)  # [B, H, L, L]
         lap(p + "scores")
         if fuse and probs is None:  # BiBERT: Q K^T and bool(scores) in one pass
             fused.scores_bool_binarize(qw, kw, d, bool(self.config.quant.bool_zero), valid, pw)
@@ -414,8 +414,7 @@ class PackedBert:
             ctx_value = probs.value * layer["qkv_acts"][2].value
             use_and = probs.spec.product == "and"
         lap(p + "probs")
-        bmm = and_bmm if use_and else xnor_bmm
-        ctx = bmm(pw, vw, L, backend=self.backend).numpy()  # [B, H, L, d]
+        ctx = popcount_product(pw, vw, L, use_and=use_and, backend=self.backend)  # [B, H, L, d]
         lap(p + "context")
         if trace is not None:
             for (half, *_), pr in zip(halves, prods):

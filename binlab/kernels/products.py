@@ -3,6 +3,7 @@
     xnor_gemm(a_words, b_words, k)    C[m, n] = sum_k a[m, k] b[n, k]           (+-1 x +-1)
     and_gemm(p_words, v_words, k)     C[m, n] = sum_k p[m, k] v[n, k]           ({0,1} x +-1)
     xnor_bmm / and_bmm                the same per batch item ([..., M, KW] x [..., N, KW])
+    popcount_product(a, b, k, use_and=)  either one as a numpy int32 array [B, M, N] (the engine's call)
     PackedWeight.from_words(words, k) / PackedWeight.from_float(w)   right operand prepacked once
     get_backend() / set_backend(name)  "simd8", "simd1" or "scalar"; every product takes backend=
     xnor_dot_reference, and_dot_reference, xnor_gemm_reference, and_gemm_reference
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -25,7 +26,8 @@ from binlab.kernels import _gemm
 from binlab.kernels.packing import _check_k, _check_padding, _n_chunks, _words_input, pack_signs
 
 __all__ = [
-    "xnor_gemm", "and_gemm", "xnor_bmm", "and_bmm", "PackedWeight", "get_backend", "set_backend", "BACKENDS",
+    "xnor_gemm", "and_gemm", "xnor_bmm", "and_bmm", "popcount_product", "PackedWeight", "get_backend",
+    "set_backend", "BACKENDS",
     "xnor_dot_reference", "and_dot_reference", "xnor_gemm_reference", "and_gemm_reference",
 ]
 
@@ -120,6 +122,7 @@ class PackedWeight:
     blocks: np.ndarray
     col_ones: np.ndarray
     k: int
+    _plans: dict = field(default_factory=dict, init=False, repr=False)  # see _product
 
     @property
     def n(self) -> int:
@@ -167,10 +170,27 @@ def _right_operand(name: str, b, a: np.ndarray, k: int, batched: bool, use_and: 
 
 
 def _product(name, a, b, k, backend, batched, use_and, scale=None, bias=None) -> np.ndarray:
-    """Shared path of the four products and BinaryLinear; returns a numpy array [B, M, N]."""
+    """Shared path of the four products and BinaryLinear; returns a numpy array [B, M, N].
+
+    A product with a prepacked weight (a :class:`PackedWeight`) is what a model runs over and over,
+    at as few as one row: its plan (the kernel's constants and task count) is kept on the weight per
+    (rows, backend, product kind), so such a call only checks the left operand and runs (about
+    1 us less per call than planning it again, docs/benchmarks.md).
+    """
     a = _words_input(name, a, min_dim=3 if batched else 2)
     if not batched and a.ndim != 2:
         raise ValueError(f"{name}: expected left words [M, KW], got shape {a.shape}")
+    backend = _resolve(backend)
+    if type(b) is PackedWeight and type(k) is int and b.k == k and b.words.shape[2] == a.shape[-1]:
+        a3 = a[None] if a.ndim == 2 else a
+        if a3.ndim == 3 and a3.shape[0] == b.words.shape[0]:
+            if k & 63:
+                _check_padding(name, a, k)
+            key = (a3.shape[1], backend, use_and)
+            plan = b._plans.get(key)
+            if plan is None:
+                plan = b._plans[key] = _plan(a3.shape[1], b.words, b.blocks, b.col_ones, k, backend, use_and)
+            return _run(plan, a3, b.words, b.blocks, k, use_and, scale, bias)
     k = _check_k(name, k, a.shape[-1])
     _check_padding(name, a, k)
     words, blocks, col_ones = _right_operand(name, b, a, k, batched, use_and)
@@ -178,8 +198,34 @@ def _product(name, a, b, k, backend, batched, use_and, scale=None, bias=None) ->
     B, M, KW = a3.shape
     if words.shape[0] != B:
         raise ValueError(f"{name}: batch sizes differ: left {B}, right {words.shape[0]}")
+    plan = _plan(M, words, blocks, col_ones, k, backend, use_and)
+    return _run(plan, a3, words, blocks, k, use_and, scale, bias)
+
+
+def _plan(M, words, blocks, col_ones, k, backend, use_and) -> tuple:
+    """(backend, c0, shift, tile_rows, n_tasks, n_chunks) of a product of M rows per batch item with
+    checked right words ``[B, N, KW]`` (n_chunks 0: one core, below :data:`_PARALLEL_MIN_WORK`)."""
+    B, N, KW = words.shape
+    if backend == "scalar":
+        return backend, None, 0, 1, 0, 0
+    if use_and:  # 2 popcount(p & v) - popcount(p) == popcount(v) - popcount(p ^ v), bit by bit
+        c0, shift = col_ones, 0
+    else:  # K - 2 popcount(a ^ b)
+        c0, shift = _constant_column(k, blocks.shape[1] * _gemm.LANES), 1
+    tile_rows = _gemm.TILE_ROWS if backend == "simd8" else 1
+    full = M // _gemm.TILE_ROWS if backend == "simd8" else 0
+    n_tasks = B * (full + M - full * _gemm.TILE_ROWS) * (
+        -(-blocks.shape[1] // _gemm.PANEL_BLOCKS))  # as _gemm.gemm_tasks
+    n_chunks = min(_n_chunks(), n_tasks) if B * M * N * KW >= _PARALLEL_MIN_WORK and n_tasks > 1 else 0
+    return backend, c0, shift, tile_rows, n_tasks, n_chunks
+
+
+def _run(plan, a3, words, blocks, k, use_and, scale, bias) -> np.ndarray:
+    """Run a planned product of checked left words ``a3 [B, M, KW]``: int32 ``[B, M, N]``, or
+    float32 ``scale * P + bias`` when scale is given."""
+    backend, c0, shift, tile_rows, n_tasks, n_chunks = plan
+    B, M, _ = a3.shape
     N = words.shape[1]
-    backend = _resolve(backend)
     if backend == "scalar":
         out = np.empty((B, M, N), np.int32)
         if use_and:
@@ -189,17 +235,8 @@ def _product(name, a, b, k, backend, batched, use_and, scale=None, bias=None) ->
         if scale is not None:
             out = out.astype(np.float32) * scale[:N] + bias[:N]
         return out
-    if use_and:  # 2 popcount(p & v) - popcount(p) == popcount(v) - popcount(p ^ v), bit by bit
-        c0, shift = col_ones, 0
-    else:  # K - 2 popcount(a ^ b)
-        c0, shift = _constant_column(k, blocks.shape[1] * _gemm.LANES), 1
     out = np.empty((B, M, N), np.int32 if scale is None else np.float32)
-    tile_rows = _gemm.TILE_ROWS if backend == "simd8" else 1
-    full = M // _gemm.TILE_ROWS if backend == "simd8" else 0
-    n_tasks = B * (full + M - full * _gemm.TILE_ROWS) * (
-        -(-blocks.shape[1] // _gemm.PANEL_BLOCKS))  # as _gemm.gemm_tasks
-    if B * M * N * KW >= _PARALLEL_MIN_WORK and n_tasks > 1:
-        n_chunks = min(_n_chunks(), n_tasks)
+    if n_chunks:
         _gemm.gemm_parallel(n_chunks, n_tasks, a3, blocks, c0, shift, out, scale, bias, tile_rows)
     else:
         _gemm.gemm_range(0, n_tasks, a3, blocks, c0, shift, out, scale, bias, tile_rows)
@@ -218,6 +255,19 @@ def _constant_column(k: int, width: int) -> np.ndarray:
         if len(_constants) < 256:
             _constants[key] = row
     return row
+
+
+def popcount_product(a_words: np.ndarray, b_words, k: int, *, use_and: bool = False,
+                     backend: str | None = None) -> np.ndarray:
+    """:func:`xnor_gemm` / :func:`xnor_bmm` (or the AND products with ``use_and``) as an int32 numpy array.
+
+    For callers that stay in numpy, such as the inference engine: no torch tensor is made around the
+    result. ``a_words [..., M, KW]`` with ``b_words`` as the gemm (2-D ``a_words``) or the bmm takes
+    it; the result is ``[..., M, N]``.
+    """
+    batched = isinstance(a_words, np.ndarray) and a_words.ndim > 2
+    out = _product("popcount_product", a_words, b_words, k, backend, batched=batched, use_and=use_and)
+    return out.reshape(*a_words.shape[:-1], out.shape[-1])
 
 
 def xnor_gemm(a_words: np.ndarray, b_words, k: int, *, backend: str | None = None) -> torch.Tensor:
