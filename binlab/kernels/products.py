@@ -3,7 +3,7 @@
     xnor_gemm(a_words, b_words, k)    C[m, n] = sum_k a[m, k] b[n, k]           (+-1 x +-1)
     and_gemm(p_words, v_words, k)     C[m, n] = sum_k p[m, k] v[n, k]           ({0,1} x +-1)
     xnor_bmm / and_bmm                the same per batch item ([..., M, KW] x [..., N, KW])
-    popcount_product(a, b, k, use_and=)  either one as a numpy int32 array [B, M, N] (the engine's call)
+    popcount_product(a, b, k, use_and=)  either one as a numpy int32 array [..., M, N] (the engine's call)
     PackedWeight.from_words(words, k) / PackedWeight.from_float(w)   right operand prepacked once
     get_backend() / set_backend(name)  "simd8", "simd1" or "scalar"; every product takes backend=
     xnor_dot_reference, and_dot_reference, xnor_gemm_reference, and_gemm_reference
@@ -175,7 +175,7 @@ def _product(name, a, b, k, backend, batched, use_and, scale=None, bias=None) ->
     A product with a prepacked weight (a :class:`PackedWeight`) is what a model runs over and over,
     at as few as one row: its plan (the kernel's constants and task count) is kept on the weight per
     (rows, backend, product kind), so such a call only checks the left operand and runs (about
-    1 us less per call than planning it again, docs/benchmarks.md).
+    0.7 us less per call than planning it again, docs/benchmarks.md).
     """
     a = _words_input(name, a, min_dim=3 if batched else 2)
     if not batched and a.ndim != 2:
@@ -184,28 +184,31 @@ def _product(name, a, b, k, backend, batched, use_and, scale=None, bias=None) ->
     if type(b) is PackedWeight and type(k) is int and b.k == k and b.words.shape[2] == a.shape[-1]:
         a3 = a[None] if a.ndim == 2 else a
         if a3.ndim == 3 and a3.shape[0] == b.words.shape[0]:
-            if k & 63:
-                _check_padding(name, a, k)
+            _check_padding(name, a, k)
             key = (a3.shape[1], backend, use_and)
             plan = b._plans.get(key)
             if plan is None:
-                plan = b._plans[key] = _plan(a3.shape[1], b.words, b.blocks, b.col_ones, k, backend, use_and)
+                plan = _plan(a3, b.words, b.blocks, b.col_ones, k, backend, use_and)
+                if len(b._plans) < 256:  # a bound, as _constant_column's
+                    b._plans[key] = plan
             return _run(plan, a3, b.words, b.blocks, k, use_and, scale, bias)
     k = _check_k(name, k, a.shape[-1])
     _check_padding(name, a, k)
     words, blocks, col_ones = _right_operand(name, b, a, k, batched, use_and)
     a3 = a[None] if a.ndim == 2 else a.reshape(-1, *a.shape[-2:])
-    B, M, KW = a3.shape
+    B = a3.shape[0]
     if words.shape[0] != B:
         raise ValueError(f"{name}: batch sizes differ: left {B}, right {words.shape[0]}")
-    plan = _plan(M, words, blocks, col_ones, k, backend, use_and)
+    plan = _plan(a3, words, blocks, col_ones, k, backend, use_and)
     return _run(plan, a3, words, blocks, k, use_and, scale, bias)
 
 
-def _plan(M, words, blocks, col_ones, k, backend, use_and) -> tuple:
-    """(backend, c0, shift, tile_rows, n_tasks, n_chunks) of a product of M rows per batch item with
-    checked right words ``[B, N, KW]`` (n_chunks 0: one core, below :data:`_PARALLEL_MIN_WORK`)."""
-    B, N, KW = words.shape
+def _plan(a3, words, blocks, col_ones, k, backend, use_and) -> tuple:
+    """(backend, c0, shift, tile_rows, n_tasks, n_chunks) of a product of checked left words
+    ``a3 [B, M, KW]`` with right words ``[B, N, KW]`` (n_chunks 0: one core, below
+    :data:`_PARALLEL_MIN_WORK`)."""
+    B, M, _ = a3.shape
+    N, KW = words.shape[1:]
     if backend == "scalar":
         return backend, None, 0, 1, 0, 0
     if use_and:  # 2 popcount(p & v) - popcount(p) == popcount(v) - popcount(p ^ v), bit by bit
@@ -213,9 +216,7 @@ def _plan(M, words, blocks, col_ones, k, backend, use_and) -> tuple:
     else:  # K - 2 popcount(a ^ b)
         c0, shift = _constant_column(k, blocks.shape[1] * _gemm.LANES), 1
     tile_rows = _gemm.TILE_ROWS if backend == "simd8" else 1
-    full = M // _gemm.TILE_ROWS if backend == "simd8" else 0
-    n_tasks = B * (full + M - full * _gemm.TILE_ROWS) * (
-        -(-blocks.shape[1] // _gemm.PANEL_BLOCKS))  # as _gemm.gemm_tasks
+    n_tasks = _gemm.gemm_tasks(a3, blocks, tile_rows)
     n_chunks = min(_n_chunks(), n_tasks) if B * M * N * KW >= _PARALLEL_MIN_WORK and n_tasks > 1 else 0
     return backend, c0, shift, tile_rows, n_tasks, n_chunks
 
