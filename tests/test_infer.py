@@ -387,15 +387,15 @@ def test_the_engine_gives_the_same_logits_on_numbas_threads(exported, monkeypatc
     import numba
     from binlab.infer import engine as engine_module
     for name in names:
-        engine = PackedBert(exported[name][1])
         ids, mask, types = batch(3, 70, seed=4)
         monkeypatch.setattr(engine_module, setting, 1 << 62)
-        serial = engine(ids, mask, types)
+        serial = PackedBert(exported[name][1])(ids, mask, types)
         monkeypatch.setattr(engine_module, setting, 0)
         threads = numba.get_num_threads()
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        try:
-            assert torch.equal(engine(ids, mask, types), serial), name
+        try:  # a new engine: a plan keeps the chunks of its shape
+            for plans in (True, False):
+                assert torch.equal(PackedBert(exported[name][1], plans=plans)(ids, mask, types), serial), name
         finally:
             numba.set_num_threads(threads)
 
@@ -519,6 +519,39 @@ def test_the_integer_thresholds_change_no_logit(exported, name):
     for B, L in ((3, 37), (2, 70)):
         ids, mask, types = batch(B, L, seed=L)
         assert torch.equal(fast(ids, mask, types), slow(ids, mask, types))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_plans_change_no_logit(exported, name, dtype):
+    """The plan of an input shape (the default where the model allows it) gives the step-by-step path's logits
+    (plans=False), on padded batches below and above 64 tokens and above engine.ROWS_PARALLEL_MIN rows; a plan
+    reused with new inputs of its shape gives theirs; an engine keeps at most engine.PLANS_KEPT plans."""
+    from binlab.infer import engine as engine_module
+    folder = exported[name][1]
+    fast, slow = PackedBert(folder, dtype=dtype), PackedBert(folder, dtype=dtype, plans=False)
+    assert fast.plannable == (name not in SPLIT) and not slow.plannable
+    shapes = [(3, 37), (2, 70), (1, 5), (9, 16)]
+    for seed in (1, 2):  # the second round reuses every plan, with other ids and other padding
+        for B, L in shapes:
+            ids, mask, types = batch(B, L, seed=seed * 100 + L)
+            assert torch.equal(fast(ids, mask, types), slow(ids, mask, types)), (B, L, seed)
+    assert len(fast._plans) == (len(shapes) if fast.plannable else 0)
+    for L in range(1, engine_module.PLANS_KEPT + 3):
+        fast(*batch(1, L, seed=L))
+    assert len(fast._plans) == (engine_module.PLANS_KEPT if fast.plannable else 0)
+
+
+@pytest.mark.parametrize("plans", [True, False])
+def test_a_nan_stops_the_forward_pass_with_a_clear_error(exported, plans):
+    """A NaN in the position table (the engine's own copy) reaches the embeddings' LayerNorm in every row: both
+    paths stop there, naming it, and a plan made before the NaN stops as well."""
+    engine = PackedBert(exported["bit"][1], plans=plans)
+    ids, mask, types = batch(2, 9, seed=1)
+    engine(ids, mask, types)
+    engine.position[3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"\d+ NaN value\(s\) reached the binarizer of a LayerNorm's output"):
+        engine(ids, mask, types)
 
 
 FLOAT_PRODUCTS = [(torch, "matmul"), (torch, "mm"), (torch, "bmm"), (torch, "addmm"), (torch, "einsum"),

@@ -201,6 +201,45 @@ def test_popcount_product_is_the_gemm_as_numpy(a_shape, b_shape, prepacked):
     assert np.array_equal(out, torch_and(p01, b).numpy())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,M,N,K", [(1, 1, 9, 70), (3, 13, 40, 130), (2, 70, 300, 64), (1, 128, 384, 384)])
+def test_product_steps_run_the_product_on_fixed_buffers(backend, B, M, N, K):
+    """The kernel calls of :func:`products.product_steps`, run on buffers rewritten between runs (a prepacked
+    weight, and a right operand in a buffer that is re-blocked each run), give the products of torch."""
+    a_words, b_words = np.zeros((B, M, (K + 63) // 64), np.uint64), np.zeros((B, N, (K + 63) // 64), np.uint64)
+    for use_and in (False, True):
+        fixed = PackedWeight.from_float(random_with_zeros(B, N, K, seed=N))
+        out, out2 = np.zeros((B, M, N), np.int32), np.zeros((B, M, N), np.int32)
+        steps = products.product_steps(a_words, fixed, K, out, use_and=use_and, backend=backend)
+        steps2 = products.product_steps(a_words, b_words, K, out2, use_and=use_and, backend=backend)
+        for seed in (1, 2):  # the same buffers, new operands
+            a, b = random_with_zeros(B, M, K, seed=seed), random_with_zeros(B, N, K, seed=seed + 10)
+            a_words[...] = pack_bits01((a > 0).float()) if use_and else pack_signs(a)
+            b_words[...] = pack_signs(b)
+            for f, args in steps + steps2:
+                f(*args)
+            ref = torch_and((a > 0).float(), b) if use_and else torch_xnor(a, b)
+            assert np.array_equal(out2, ref.numpy()), (use_and, seed)
+            w = unpack_signs(fixed.words, K).reshape(B, N, K)
+            assert np.array_equal(out, (torch_and((a > 0).float(), w) if use_and else torch_xnor(a, w)).numpy())
+
+
+def test_product_steps_refuse_buffers_they_cannot_write():
+    a, b = np.zeros((2, 5, 2), np.uint64), np.zeros((2, 9, 2), np.uint64)
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous int32 array of shape \(2, 5, 9\)"):
+        products.product_steps(a, b, 70, np.zeros((2, 5, 9), np.int64))
+    with pytest.raises(ValueError, match="out must be"):
+        products.product_steps(a, b, 70, np.zeros((2, 9, 5), np.int32)[:, :5].transpose(0, 2, 1))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        products.product_steps(a, b[:1], 70, np.zeros((2, 5, 9), np.int32))
+    with pytest.raises(ValueError, match=r"expected left words \[B, M, KW\]"):
+        products.product_steps(a[None], b, 70, np.zeros((2, 5, 9), np.int32))
+    with pytest.raises(ValueError, match="k=200 does not fit 2 word"):
+        products.product_steps(a, b, 200, np.zeros((2, 5, 9), np.int32))
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        products.product_steps(a[:, ::2], b, 70, np.zeros((2, 3, 9), np.int32))
+
+
 def test_prepacked_product_still_checks_the_left_operand():
     packed = PackedWeight.from_float(torch.randn(5, 70))
     with pytest.raises(ValueError, match="padding bits"):  # 100 signs packed, a weight of k = 70

@@ -26,6 +26,12 @@ half, each half binarizing its input with its own binarizer: ``y = (a_1 alpha_1 
 (trace names ``NAME`` and ``NAME.half2``), and the word embedding as the sum of its two packed tables. That path
 sums the halves in numpy rather than in the fused kernels: it is there to run the model exactly, not fast.
 
+A forward pass runs from a plan made once per input shape [B, L] (``plans=False`` turns it off): the list of
+every kernel call the pass makes (:func:`binlab.kernels.products.product_steps` for the products), each with the
+buffers it reads and writes, made and checked once. The calls and their arguments are those of the step-by-step
+path, which still runs a split model, a ``trace`` and the float kernels; what the plan saves is the Python between
+the kernels (about 1,000 calls of a MiniLM forward pass: the products' checks, the buffers' allocation).
+
 The row-wise steps (each LayerNorm with the bits of the next products' inputs in the same pass, the integer
 thresholds) run on parts of the rows at once, one per numba thread, above :data:`ROWS_PARALLEL_MIN` rows
 (:mod:`binlab.infer.rows`; the same bits on any number of parts).
@@ -55,7 +61,7 @@ from binlab.infer import fused, rows
 from binlab.infer.packed import (HALF2, Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
                                  probs_binarizer, qkv_binarizer)
 from binlab.kernels.packing import unpack_bits01, words_for
-from binlab.kernels.products import PackedWeight, popcount_product
+from binlab.kernels.products import PackedWeight, popcount_product, product_steps
 from binlab.model import MASK_VALUE
 from binlab.quant.quantizers import ALPHA_MIN
 
@@ -92,6 +98,8 @@ _DTYPES = (torch.float32, torch.float64)
 PARALLEL_MIN_WORK = 1 << 16
 #: the row-wise steps (:mod:`binlab.infer.rows`) of a pass with fewer rows (tokens in the batch) than this run serially
 ROWS_PARALLEL_MIN = 32
+#: the plans (one per input shape and thread count, :meth:`PackedBert._plan`) an engine keeps
+PLANS_KEPT = 8
 
 
 @dataclass
@@ -149,6 +157,24 @@ def _no_lap(key: str) -> None:
     pass
 
 
+def _nothing() -> None:
+    """A step of a plan with no kernel of its own (its work is done in the step before or after): a lap only."""
+
+
+@dataclass
+class _Plan:
+    """A forward pass over inputs of one shape [B, L]: the inputs' buffers, then ``steps``, every kernel call in
+    order as ``(function, args, where, step)`` (``where`` names a binarizer for a NaN count the call returns;
+    ``step`` is the :data:`STEPS` lap it belongs to); the pooler's ``c P + b`` lands in ``y`` [B, D]."""
+
+    ids: np.ndarray
+    types: np.ndarray
+    valid: np.ndarray
+    mask: np.ndarray
+    steps: list
+    y: np.ndarray
+
+
 def _chunks(work: int, tasks: int) -> int:
     """How many chunks BiT's softmax over ``work`` scores (``tasks`` query blocks) is cut into: numba's current
     thread count, or 1 (the serial kernel) below :data:`PARALLEL_MIN_WORK` scores."""
@@ -176,15 +202,21 @@ class PackedBert:
         fused_scores: Q . K^T and the attention bits in one kernel (:func:`fused.scores_softmax_binarize`, BiT;
             :func:`fused.scores_bool_binarize`, BiBERT; the same bits). False, or a ``trace``: the scores as an
             array first (the trace records them).
+        plans: run a forward pass from the plan of its input shape (:meth:`_plan`: every kernel call of the pass
+            listed once, on buffers made once; the same calls with the same arguments as the step-by-step path,
+            so the same logits), where the model allows it (not split; thresholds and fused scores on) and no
+            ``trace`` is asked for. False: always step by step.
 
     ``engine(input_ids, attention_mask=None, token_type_ids=None)`` returns the logits ``(B, num_labels)``;
     ``trace={}`` collects every integer product by name (``layer.0.query``, ``layer.0.scores``, ...).
     ``timings={}`` receives the seconds each step took (:data:`STEPS`; ``layer.0.qkv.gemm``, ...), for
     ``binlab bench model``'s breakdown; without it the forward pass only makes a no-op call per step.
+    A plan's buffers are reused by every call of its shape: one forward pass at a time per engine (an engine per
+    thread).
     """
 
     def __init__(self, packed: PackedModel | str | os.PathLike, dtype: torch.dtype = torch.float32,
-                 backend: str | None = None, thresholds: bool = True, fused_scores: bool = True):
+                 backend: str | None = None, thresholds: bool = True, fused_scores: bool = True, plans: bool = True):
         if not isinstance(packed, PackedModel):
             packed = load_packed(packed)
         if dtype not in _DTYPES:
@@ -240,6 +272,10 @@ class PackedBert:
                 self._add_thresholds(self.layers[-1])
         self.classifier = (self._tensor("classifier.weight"), self._tensor("classifier.bias"))
         self.no_bits = self._binarizers([])  # a LayerNorm whose output feeds no binarizer of its pass
+        # the plan per input shape runs when every layer has its integer thresholds and the scores are fused
+        self.plannable = plans and fused_scores and not self.split and all(
+            layer.get("qkv_lohi") is not None and layer.get("ffn1_lohi") is not None for layer in self.layers)
+        self._plans: dict[tuple[int, int, int], _Plan] = {}
 
     def _binarizers(self, acts: list[_Act]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(kinds [J], alphas [J], thresholds [J, D]) of J input binarizers, for :mod:`binlab.infer.rows`."""
@@ -505,9 +541,10 @@ class PackedBert:
         input_ids, attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
         B, L = input_ids.shape
         D = self.config.hidden_size
+        if trace is None and self.plannable:
+            return self._run_plan(self._plan(B, L), input_ids, attention_mask, token_type_ids, lap)
         valid = np.ascontiguousarray(attention_mask.numpy() != 0)
-        m = valid.astype(self._np)
-        mask = (self._np.type(1.0) - m) * self._np.type(MASK_VALUE)  # [B, L], the model's additive mask
+        mask = self._additive_mask(valid)
         lap("inputs")
         x = np.empty((B, L, D), self._np)
         ids, types = input_ids.contiguous().numpy(), token_type_ids.contiguous().numpy()
@@ -545,12 +582,123 @@ class PackedBert:
                 trace["pooler"] = torch.from_numpy(prod)
             y = np.empty((B, D), self._np)
             fused.affine(prod, pooler.c, pooler.bias, y)
+        return self._classify(y, lap)
+
+    def _additive_mask(self, valid: np.ndarray) -> np.ndarray:
+        """The model's additive attention mask [B, L]: 0 on real tokens, MASK_VALUE on padding."""
+        return (self._np.type(1.0) - valid.astype(self._np)) * self._np.type(MASK_VALUE)
+
+    def _classify(self, y: np.ndarray, lap) -> torch.Tensor:
+        """The pooler's ``c P + b`` [B, D] -> tanh -> the FP classifier's logits [B, num_labels]."""
         pooled = torch.tanh(torch.from_numpy(y))
         lap("pooler")
         w, b = self.classifier
         logits = (pooled[:, None, :] * w[None]).sum(-1) + b  # the FP classifier, without a matrix product
         lap("classifier")
         return logits
+
+    # ------------------------------------------------------------------------------------------------------
+    # the plan of one input shape: the same kernels on buffers made once
+
+    def _plan(self, B: int, L: int) -> _Plan:
+        """The plan of inputs [B, L] at numba's current thread count, made on first use; the last
+        :data:`PLANS_KEPT` are kept."""
+        key = (B, L, numba.get_num_threads())
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= PLANS_KEPT:
+                self._plans.pop(next(iter(self._plans)))  # the oldest
+            plan = self._plans[key] = self._make_plan(B, L)
+        return plan
+
+    def _run_plan(self, plan: _Plan, input_ids, attention_mask, token_type_ids, lap) -> torch.Tensor:
+        np.copyto(plan.ids, input_ids.numpy())
+        np.copyto(plan.types, token_type_ids.numpy())
+        np.copyto(plan.valid, attention_mask.numpy() != 0)
+        np.copyto(plan.mask, self._additive_mask(plan.valid))
+        lap("inputs")
+        for func, args, where, key in plan.steps:
+            n_nan = func(*args)
+            if n_nan:
+                _check_nan(n_nan, where)
+            lap(key)
+        return self._classify(plan.y, lap)
+
+    def _make_plan(self, B: int, L: int) -> _Plan:
+        """Every kernel call of a forward pass over inputs [B, L], in order, with the buffers they read and write
+        (module docstring): the calls :meth:`__call__`'s step-by-step path makes, with the same arguments."""
+        c, fp, u64, i32 = self.config, self._np, np.uint64, np.int32
+        D, A, I, H, d = c.hidden_size, c.attention_size, c.intermediate_size, self.num_heads, self.head_size
+        R, eps, DW, lw = B * L, c.layer_norm_eps, words_for(c.hidden_size), words_for(L)
+        plan = _Plan(np.zeros((B, L), np.int64), np.zeros((B, L), np.int64), np.ones((B, L), bool),
+                     np.zeros((B, L), fp), [], np.empty((B, D), fp))
+        steps, valid, mask = plan.steps, plan.valid, plan.mask
+
+        def add(key, func, *args, where=None):
+            steps.append((func, args, where, key))
+
+        def product(key, a3, b, k, out, use_and=False):
+            steps.extend((f, args, None, key) for f, args in
+                         product_steps(a3, b, k, out, use_and=use_and, backend=self.backend))
+
+        x, h, h2 = np.empty((R, D), fp), np.empty((R, D), fp), np.empty((R, D), fp)  # h: a layer's input and output
+        qkv_bits, ffn_bits = np.empty((3, R, DW), u64), np.empty((1, R, DW), u64)
+        qkv = np.empty((3, R, A), i32)
+        qw, kw = np.empty((B, H, L, words_for(d)), u64), np.empty((B, H, L, words_for(d)), u64)
+        vw, pw, ctx = np.empty((B, H, d, lw), u64), np.empty((B, H, L, lw), u64), np.empty((B, H, L, d), i32)
+        o_bits, o = np.empty((1, R, words_for(A)), u64), np.empty((1, R, D), i32)
+        f1, f1_bits, f2 = np.empty((1, R, I), i32), np.empty((1, R, words_for(I)), u64), np.empty((1, R, D), i32)
+        sqrt_d, ln_out = np.array([math.sqrt(d)], fp), "a LayerNorm's output"
+        add("embeddings", fused.embed, plan.ids, plan.types, self.word_bits, self.word_scale, self.position,
+            self.token_type, x.reshape(B, L, D))
+        g, beta = self.emb_ln
+        add("embeddings", rows.residual_layer_norm_binarize, self._chunks(R), None, g, g, x, g, beta, eps,
+            *self.layers[0]["qkv_in"], h, qkv_bits, where=ln_out)
+        for i, layer in enumerate(self.layers):
+            p, probs = layer["prefix"], layer["probs"]
+            add(p + "qkv.pack", _nothing)  # the LayerNorm before made the bits
+            product(p + "qkv.gemm", qkv_bits, layer["qkv_halves"][0][2], D, qkv)
+            add(p + "qkv.binarize", rows.qkv_threshold_bits_parallel, self._chunks(R), qkv, *layer["qkv_lohi"],
+                L, H, d, qw, kw, vw)
+            add(p + "scores", _nothing)  # inside the next kernel
+            if probs is None:  # BiBERT
+                add(p + "probs", fused.scores_bool_binarize, qw, kw, d, bool(c.quant.bool_zero), valid, pw)
+                ctx_value, use_and = layer["qkv_acts"][2].value, True
+            else:  # BiT
+                args = (qw, kw, d, layer["scores_c"], sqrt_d, mask, probs.code, probs.alpha, pw)
+                n_chunks = _chunks(B * H * L * L, B * H)
+                if n_chunks > 1:
+                    add(p + "probs", fused.scores_softmax_binarize_parallel, n_chunks, *args,
+                        where=p + "attention probabilities")
+                else:
+                    add(p + "probs", fused.scores_softmax_binarize, *args, where=p + "attention probabilities")
+                ctx_value, use_and = probs.value * layer["qkv_acts"][2].value, probs.spec.product == "and"
+            product(p + "context", pw.reshape(B * H, L, lw), vw.reshape(B * H, d, lw), L, ctx.reshape(B * H, L, d),
+                    use_and)
+            lin = self.linears[p + "attention_output"]
+            add(p + "attn_out.pack", rows.context_binarize_parallel, self._chunks(R), ctx,
+                np.ascontiguousarray(ctx_value), lin.act.code, lin.act.alpha, lin.act.thr, o_bits[0],
+                where=p + "attention output input")
+            product(p + "attn_out.gemm", o_bits, lin.weight, A, o, lin.act.spec.product == "and")
+            add(p + "attn_out.ln", rows.residual_layer_norm_binarize, self._chunks(R), o[0], lin.c, lin.bias, h,
+                *layer["attention_ln"], eps, *layer["ffn_in"], h2, ffn_bits, where=ln_out)
+            inter, lin = self.linears[p + "intermediate"], self.linears[p + "output"]
+            add(p + "ffn1.pack", _nothing)  # the LayerNorm before made the bits
+            product(p + "ffn1.gemm", ffn_bits, inter.weight, D, f1, inter.act.spec.product == "and")
+            add(p + "ffn1.act", rows.threshold_bits_parallel, self._chunks(R), f1[0], *layer["ffn1_lohi"], f1_bits[0])
+            product(p + "ffn2.gemm", f1_bits, lin.weight, I, f2, lin.act.spec.product == "and")
+            last = i + 1 == len(self.layers)
+            add(p + "ffn2.ln", rows.residual_layer_norm_binarize, self._chunks(R), f2[0], lin.c, lin.bias, h2,
+                *layer["ffn_ln"], eps, *(self.no_bits if last else self.layers[i + 1]["qkv_in"]), h,
+                qkv_bits[:0] if last else qkv_bits, where=ln_out)
+        pooler = self.linears["pooler"]
+        cls, cls_bits, prod = np.empty((B, D), fp), np.empty((1, B, DW), u64), np.empty((1, B, D), i32)
+        add("pooler", np.copyto, cls, h.reshape(B, L, D)[:, 0])
+        add("pooler", rows.binarize_rows_parallel, self._chunks(B), cls, pooler.act.code, pooler.act.alpha,
+            pooler.act.thr, cls_bits[0], where="pooler input")
+        product("pooler", cls_bits, pooler.weight, D, prod, pooler.act.spec.product == "and")
+        add("pooler", fused.affine, prod[0], pooler.c, pooler.bias, plan.y)
+        return plan
 
 
 def gelu_thresholds(k: int, step: int, c: np.ndarray, b: np.ndarray, kind: int, alpha: np.ndarray,

@@ -31,6 +31,7 @@ The modules, one per idea::
                               and_gemm(p_words, v_words, k)   C[m, n] = sum_k p[m, k] v[n, k]   ({0,1} x +-1)
                               xnor_bmm / and_bmm (per batch item), PackedWeight (right operand prepacked once),
                               popcount_product (either product as a numpy array, for callers in numpy),
+                              product_steps (one product's kernel calls on fixed buffers, checked once),
                               get_backend() / set_backend(name), and the *_reference versions in numpy
     binlab.kernels.linear     BinaryLinear.from_float(weight, bias=None, alpha=None | 'tensor' | 'row')
     binlab.kernels.bench      ``binlab bench gemm``: these kernels against torch fp32 / int8

@@ -3,7 +3,8 @@
     xnor_gemm(a_words, b_words, k)    C[m, n] = sum_k a[m, k] b[n, k]           (+-1 x +-1)
     and_gemm(p_words, v_words, k)     C[m, n] = sum_k p[m, k] v[n, k]           ({0,1} x +-1)
     xnor_bmm / and_bmm                the same per batch item ([..., M, KW] x [..., N, KW])
-    popcount_product(a, b, k, use_and=)  either one as a numpy int32 array [..., M, N] (the engine's call)
+    popcount_product(a, b, k, use_and=)  either one as a numpy int32 array [..., M, N]
+    product_steps(a, b, k, out)       the kernel calls of one product on fixed buffers (the engine's plans)
     PackedWeight.from_words(words, k) / PackedWeight.from_float(w)   right operand prepacked once
     get_backend() / set_backend(name)  "simd8", "simd1" or "scalar"; every product takes backend=
     xnor_dot_reference, and_dot_reference, xnor_gemm_reference, and_gemm_reference
@@ -26,7 +27,7 @@ from binlab.kernels import _gemm
 from binlab.kernels.packing import _check_k, _check_padding, _n_chunks, _words_input, pack_signs
 
 __all__ = [
-    "xnor_gemm", "and_gemm", "xnor_bmm", "and_bmm", "popcount_product", "PackedWeight", "get_backend",
+    "xnor_gemm", "and_gemm", "xnor_bmm", "and_bmm", "popcount_product", "product_steps", "PackedWeight", "get_backend",
     "set_backend", "BACKENDS",
     "xnor_dot_reference", "and_dot_reference", "xnor_gemm_reference", "and_gemm_reference",
 ]
@@ -269,6 +270,51 @@ def popcount_product(a_words: np.ndarray, b_words, k: int, *, use_and: bool = Fa
     batched = isinstance(a_words, np.ndarray) and a_words.ndim > 2
     out = _product("popcount_product", a_words, b_words, k, backend, batched=batched, use_and=use_and)
     return out.reshape(*a_words.shape[:-1], out.shape[-1])
+
+
+def product_steps(a3: np.ndarray, b, k: int, out: np.ndarray, *, use_and: bool = False,
+                  backend: str | None = None) -> list[tuple]:
+    """The kernel calls ``[(function, args), ...]`` that write the product of the left words ``a3 [B, M, KW]``
+    with ``b`` into ``out`` (int32 ``[B, M, N]``): for a caller that runs the same product on the same buffers
+    over and over (the engine's plan per input shape). Everything is checked here, once; ``f(*args)`` checks
+    nothing, so the caller keeps the buffers' shapes and their padding bits zero.
+
+    ``b``: a :class:`PackedWeight`, or words ``[B, N, KW]`` in a buffer the caller rewrites between runs (the
+    first call then blocks them again, into buffers made here).
+    """
+    name = "product_steps"
+    a3 = _words_input(name, a3, min_dim=3)
+    if a3.ndim != 3:
+        raise ValueError(f"{name}: expected left words [B, M, KW], got shape {a3.shape}")
+    k = _check_k(name, k, a3.shape[-1])
+    backend = _resolve(backend)
+    steps = []
+    if isinstance(b, PackedWeight):
+        words, blocks, col_ones = _right_operand(name, b, a3, k, True, use_and)
+    else:
+        words = _words_input(name, b, min_dim=3)
+        if words.ndim != 3 or words.shape[-1] != a3.shape[-1]:
+            raise ValueError(f"{name}: expected right words [B, N, {a3.shape[-1]}], got shape {words.shape}")
+        n_blocks = _gemm.n_blocks_for(words.shape[1])
+        blocks = np.zeros((words.shape[0], n_blocks, words.shape[2], _gemm.LANES), np.uint64)
+        col_ones = np.zeros((words.shape[0], n_blocks * _gemm.LANES), np.int32)
+        if backend != "scalar":
+            steps.append((_gemm.block_columns, (words, blocks, col_ones)))
+    B, M, _ = a3.shape
+    if words.shape[0] != B:
+        raise ValueError(f"{name}: batch sizes differ: left {B}, right {words.shape[0]}")
+    shape = (B, M, words.shape[1])
+    if not (type(out) is np.ndarray and out.dtype == np.int32 and out.shape == shape and out.flags.c_contiguous):
+        raise ValueError(f"{name}: out must be a C-contiguous int32 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    backend, c0, shift, tile_rows, n_tasks, n_chunks = _plan(a3, words, blocks, col_ones, k, backend, use_and)
+    if backend == "scalar":
+        steps.append((_gemm.and_scalar, (a3, words, out)) if use_and else (_gemm.xnor_scalar, (a3, words, k, out)))
+    elif n_chunks:
+        steps.append((_gemm.gemm_parallel, (n_chunks, n_tasks, a3, blocks, c0, shift, out, None, None, tile_rows)))
+    else:
+        steps.append((_gemm.gemm_range, (0, n_tasks, a3, blocks, c0, shift, out, None, None, tile_rows)))
+    return steps
 
 
 def xnor_gemm(a_words: np.ndarray, b_words, k: int, *, backend: str | None = None) -> torch.Tensor:
