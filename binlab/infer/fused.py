@@ -596,26 +596,34 @@ def _softmax_heads(sc, sb, sh, b, h0, h1, cc, sd, mask, kind, a, out):
         return _softmax_direct(sc, sb, sh, b, h0, h1, cc, sd, mask, kind, a, out, row)
     for j in range(L):
         coff[j] = cls[j] * NP - pmin
+    idx = np.empty((4, L), np.uint32)  # the table index of each key, 4 rows at a time: k = cls NP + P - P_min
     for h in range(H):
+        sr = sc[sb, sh + h]
         i = 0
-        while i + 4 <= L:
-            e0, e1, e2, e3 = E[tops[h, i]], E[tops[h, i + 1]], E[tops[h, i + 2]], E[tops[h, i + 3]]
-            s0 = s1 = s2 = s3 = zero
-            for j in range(L):
-                cj = coff[j]
-                s0 += e0[cj + sc[sb, sh + h, i, j]]
-                s1 += e1[cj + sc[sb, sh + h, i + 1, j]]
-                s2 += e2[cj + sc[sb, sh + h, i + 2, j]]
-                s3 += e3[cj + sc[sb, sh + h, i + 3, j]]
-            totals[i], totals[i + 1], totals[i + 2], totals[i + 3] = s0, s1, s2, s3
-            i += 4
         while i < L:
-            e0 = E[tops[h, i]]
-            s0 = zero
-            for j in range(L):
-                s0 += e0[coff[j] + sc[sb, sh + h, i, j]]
-            totals[i] = s0
-            i += 1
+            n = min(4, L - i)
+            for r in range(n):  # a pass of its own (it vectorizes), unsigned (no negative-index fix-up per load)
+                pr, ir = sr[i + r], idx[r]
+                for j in range(L):
+                    ir[j] = np.uint32(coff[j] + pr[j])
+            if n == 4:
+                e0, e1, e2, e3 = E[tops[h, i]], E[tops[h, i + 1]], E[tops[h, i + 2]], E[tops[h, i + 3]]
+                i0, i1, i2, i3 = idx[0], idx[1], idx[2], idx[3]
+                s0 = s1 = s2 = s3 = zero
+                for j in range(L):
+                    s0 += e0[i0[j]]
+                    s1 += e1[i1[j]]
+                    s2 += e2[i2[j]]
+                    s3 += e3[i3[j]]
+                totals[i], totals[i + 1], totals[i + 2], totals[i + 3] = s0, s1, s2, s3
+            else:
+                for r in range(n):
+                    e0, i0 = E[tops[h, i + r]], idx[r]
+                    s0 = zero
+                    for j in range(L):
+                        s0 += e0[i0[j]]
+                    totals[i + r] = s0
+            i += n
         for i in range(L):
             inv = one / totals[i]
             est = Es[tops[h, i]]
@@ -628,13 +636,14 @@ def _softmax_heads(sc, sb, sh, b, h0, h1, cc, sd, mask, kind, a, out):
                     else:
                         lo = mid + 1
                 pth[q] = pmin + lo
+            pr, ob = sr[i], out[b, h0 + h, i]
             if nu == 1:
                 th = pth[0]
                 for w in range(nw):
                     word = np.uint64(0)
                     for jj in range(min(64, L - 64 * w)):
-                        word |= np.uint64(np.int64(sc[sb, sh + h, i, 64 * w + jj]) >= th) << np.uint64(jj)
-                    out[b, h0 + h, i, w] = word
+                        word |= np.uint64(np.int64(pr[64 * w + jj]) >= th) << np.uint64(jj)
+                    ob[w] = word
             else:
                 for j in range(L):
                     kth[j] = pth[cls[j]]
@@ -642,8 +651,8 @@ def _softmax_heads(sc, sb, sh, b, h0, h1, cc, sd, mask, kind, a, out):
                     word = np.uint64(0)
                     for jj in range(min(64, L - 64 * w)):
                         j = 64 * w + jj
-                        word |= np.uint64(np.int64(sc[sb, sh + h, i, j]) >= kth[j]) << np.uint64(jj)
-                    out[b, h0 + h, i, w] = word
+                        word |= np.uint64(np.int64(pr[j]) >= kth[j]) << np.uint64(jj)
+                    ob[w] = word
     return 0  # the table path: every S is finite (checked above), so no NaN
 
 
