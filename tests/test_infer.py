@@ -540,6 +540,16 @@ def test_the_plans_change_no_logit(exported, name, dtype):
     for L in range(1, engine_module.PLANS_KEPT + 3):
         fast(*batch(1, L, seed=L))
     assert len(fast._plans) == (engine_module.PLANS_KEPT if fast.plannable else 0)
+    if fast.plannable:  # a plan per backend: set_backend after a plan was made still takes effect
+        from binlab.kernels import products
+        ids, mask, types = batch(3, 37, seed=9)
+        before, default = fast(ids, mask, types), products.get_backend()
+        try:
+            products.set_backend("scalar")
+            assert torch.equal(fast(ids, mask, types), before)
+            assert any(key[3] == "scalar" for key in fast._plans)
+        finally:
+            products.set_backend(default)
 
 
 @pytest.mark.parametrize("plans", [True, False])

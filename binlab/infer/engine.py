@@ -61,7 +61,7 @@ from binlab.infer import fused, rows
 from binlab.infer.packed import (HALF2, Binarizer, PackedModel, input_binarizer, linear_shapes, load_packed,
                                  probs_binarizer, qkv_binarizer)
 from binlab.kernels.packing import unpack_bits01, words_for
-from binlab.kernels.products import PackedWeight, popcount_product, product_steps
+from binlab.kernels.products import PackedWeight, get_backend, popcount_product, product_steps
 from binlab.model import MASK_VALUE
 from binlab.quant.quantizers import ALPHA_MIN
 
@@ -275,7 +275,7 @@ class PackedBert:
         # the plan per input shape runs when every layer has its integer thresholds and the scores are fused
         self.plannable = plans and fused_scores and not self.split and all(
             layer.get("qkv_lohi") is not None and layer.get("ffn1_lohi") is not None for layer in self.layers)
-        self._plans: dict[tuple[int, int, int], _Plan] = {}
+        self._plans: dict[tuple[int, int, int, str], _Plan] = {}
 
     def _binarizers(self, acts: list[_Act]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(kinds [J], alphas [J], thresholds [J, D]) of J input binarizers, for :mod:`binlab.infer.rows`."""
@@ -601,9 +601,9 @@ class PackedBert:
     # the plan of one input shape: the same kernels on buffers made once
 
     def _plan(self, B: int, L: int) -> _Plan:
-        """The plan of inputs [B, L] at numba's current thread count, made on first use; the last
-        :data:`PLANS_KEPT` are kept."""
-        key = (B, L, numba.get_num_threads())
+        """The plan of inputs [B, L] at numba's current thread count and the kernels' backend, made on first use;
+        the last :data:`PLANS_KEPT` are kept."""
+        key = (B, L, numba.get_num_threads(), self.backend or get_backend())
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= PLANS_KEPT:
@@ -612,6 +612,7 @@ class PackedBert:
         return plan
 
     def _run_plan(self, plan: _Plan, input_ids, attention_mask, token_type_ids, lap) -> torch.Tensor:
+        """The logits of checked inputs: copied into the plan's buffers, then every step of the plan in order."""
         np.copyto(plan.ids, input_ids.numpy())
         np.copyto(plan.types, token_type_ids.numpy())
         np.copyto(plan.valid, attention_mask.numpy() != 0)
