@@ -413,7 +413,8 @@ def layer_bits(path: W1A1Path, sentence: str, layer: int) -> tuple[list[str], np
 def bit_image_figure(tokens: list[str], bits: np.ndarray, layer: int):
     fig = Figure(go.Heatmap(z=bits, y=[f"{i}: {t}" for i, t in enumerate(tokens)], colorscale=_BITS, zmin=0, zmax=1,
                             colorbar=dict(title="bit", tickvals=[0, 1], ticktext=["0 (-)", "1 (+)"])))
-    fig.update_layout(title=f"Layer {layer + 1}: the bits of each token entering Q, K, V ({bits.shape[1]} per token)",
+    # the slider's number and the model's name for the layer (encoder.layer.0 is the first)
+    fig.update_layout(title=f"layer.{layer}: the bits of each token entering Q, K, V ({bits.shape[1]} per token)",
                       xaxis_title="hidden dimension", yaxis_title="token", yaxis_autorange="reversed",
                       height=max(300, 28 * len(tokens) + 160))
     return fig
