@@ -128,10 +128,14 @@ class _Linear:
     bias: np.ndarray
     act: _Act
 
+    @property
+    def use_and(self) -> bool:
+        """Whether the product is an AND-popcount (a {0, alpha} input), else XNOR."""
+        return self.act.spec.product == "and"
+
     def product(self, words: np.ndarray, backend) -> np.ndarray:
         """The int32 popcount product [R, N] of packed input rows with the weight."""
-        return popcount_product(words, self.weight, self.k, use_and=self.act.spec.product == "and",
-                                backend=backend)
+        return popcount_product(words, self.weight, self.k, use_and=self.use_and, backend=backend)
 
     def affine(self, prod: np.ndarray) -> np.ndarray:
         """``c * P + b`` [R, N] in the compute dtype (what :func:`fused.affine` computes), for the split path."""
@@ -318,7 +322,7 @@ class PackedBert:
             layer["ffn1_lohi"] = (lo, hi, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint64)) \
                 if ok else None
         else:
-            step = 1 if inter.act.spec.product == "and" else 2  # an XNOR product has the parity of k
+            step = 1 if inter.use_and else 2  # an XNOR product has the parity of k
             layer["ffn1_lohi"] = gelu_thresholds(inter.k, step, inter.c, inter.bias, act.code, act.alpha, act.thr)
 
     # ------------------------------------------------------------------------------------------------------
@@ -680,14 +684,14 @@ class PackedBert:
             add(p + "attn_out.pack", rows.context_binarize_parallel, self._chunks(R), ctx,
                 np.ascontiguousarray(ctx_value), lin.act.code, lin.act.alpha, lin.act.thr, o_bits[0],
                 where=p + "attention output input")
-            product(p + "attn_out.gemm", o_bits, lin.weight, A, o, lin.act.spec.product == "and")
+            product(p + "attn_out.gemm", o_bits, lin.weight, A, o, lin.use_and)
             add(p + "attn_out.ln", rows.residual_layer_norm_binarize, self._chunks(R), o[0], lin.c, lin.bias, h,
                 *layer["attention_ln"], eps, *layer["ffn_in"], h2, ffn_bits, where=ln_out)
             inter, lin = self.linears[p + "intermediate"], self.linears[p + "output"]
             add(p + "ffn1.pack", _nothing)  # the LayerNorm before made the bits
-            product(p + "ffn1.gemm", ffn_bits, inter.weight, D, f1, inter.act.spec.product == "and")
+            product(p + "ffn1.gemm", ffn_bits, inter.weight, D, f1, inter.use_and)
             add(p + "ffn1.act", rows.threshold_bits_parallel, self._chunks(R), f1[0], *layer["ffn1_lohi"], f1_bits[0])
-            product(p + "ffn2.gemm", f1_bits, lin.weight, I, f2, lin.act.spec.product == "and")
+            product(p + "ffn2.gemm", f1_bits, lin.weight, I, f2, lin.use_and)
             last = i + 1 == len(self.layers)
             add(p + "ffn2.ln", rows.residual_layer_norm_binarize, self._chunks(R), f2[0], lin.c, lin.bias, h2,
                 *layer["ffn_ln"], eps, *(self.no_bits if last else self.layers[i + 1]["qkv_in"]), h,
@@ -697,7 +701,7 @@ class PackedBert:
         add("pooler", np.copyto, cls, h.reshape(B, L, D)[:, 0])
         add("pooler", rows.binarize_rows_parallel, self._chunks(B), cls, pooler.act.code, pooler.act.alpha,
             pooler.act.thr, cls_bits[0], where="pooler input")
-        product("pooler", cls_bits, pooler.weight, D, prod, pooler.act.spec.product == "and")
+        product("pooler", cls_bits, pooler.weight, D, prod, pooler.use_and)
         add("pooler", fused.affine, prod[0], pooler.c, pooler.bias, plan.y)
         return plan
 

@@ -295,9 +295,7 @@ def product_steps(a3: np.ndarray, b, k: int, out: np.ndarray, *, use_and: bool =
         words = _words_input(name, b, min_dim=3)
         if words.ndim != 3 or words.shape[-1] != a3.shape[-1]:
             raise ValueError(f"{name}: expected right words [B, N, {a3.shape[-1]}], got shape {words.shape}")
-        n_blocks = _gemm.n_blocks_for(words.shape[1])
-        blocks = np.zeros((words.shape[0], n_blocks, words.shape[2], _gemm.LANES), np.uint64)
-        col_ones = np.zeros((words.shape[0], n_blocks * _gemm.LANES), np.int32)
+        blocks, col_ones = _block(words)  # the buffers (their contents now are rewritten by each run)
         if backend != "scalar":
             steps.append((_gemm.block_columns, (words, blocks, col_ones)))
     B, M, _ = a3.shape
